@@ -1,0 +1,99 @@
+"""The launcher's job, from a composed Hydra config to the node's exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from launcher import plan
+from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV
+from launcher.config import JobConfig, load_job_config, resolved_config
+from launcher.environments import LocalEnvironment, detect
+from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
+from launcher.failures import first_failure, write_failure
+from launcher.modes import get_mode
+from launcher.supervise import Interrupted, supervised
+
+log = logging.getLogger("launcher")
+
+JOB_ID_ENV = "LAUNCHER_JOB_ID"
+
+
+def exit_on_config_error(error: ConfigError) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(CONFIG_ERROR_EXIT_CODE)
+
+
+def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig:
+    """The job, or a one-line error and exit code 2 before anything is started or written."""
+    try:
+        environment = detect()
+        if not isinstance(environment, LocalEnvironment):
+            raise ConfigError(
+                "environment",
+                environment.name,
+                "this process already has a rank (RANK/SLURM_PROCID set); run the launcher from a "
+                "plain shell, or run `python -m trainer CONFIG` as the rank directly",
+            )
+        return load_job_config(cfg, run_dir)
+    except ConfigError as error:
+        exit_on_config_error(error)
+        raise AssertionError("unreachable") from error
+
+
+def _write_config(cfg: DictConfig, job: JobConfig) -> None:
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(resolved_config(cfg, job)), job.run_dir / "config.yaml")
+
+
+def launch(job: JobConfig) -> int:
+    """Start this node's ranks and supervise them; returns the node's exit code."""
+    with tempfile.TemporaryDirectory(prefix="launcher-errors-") as error_dir:
+        os.environ.update(
+            {
+                ERROR_DIR_ENV: error_dir,
+                PARENT_PID_ENV: str(os.getpid()),
+                JOB_ID_ENV: os.environ.get(JOB_ID_ENV, uuid.uuid4().hex),
+                "NODE_RANK": str(job.node_rank),
+            }
+        )
+        log.info(
+            "starting %d rank(s) on node %d of %d (world size %d, %s, %s) in %s",
+            job.local_world_size, job.node_rank, job.nodes, job.world_size, job.mode.name,
+            job.backend, job.run_dir,
+        )
+        try:
+            with supervised(job.mode.shutdown_grace_s):
+                exits = get_mode(job.mode.name).run(job)
+        except (KeyboardInterrupt, Interrupted) as stop:
+            signum = getattr(stop, "signum", 2)
+            log.error("interrupted (%s): stopped every rank", stop or "SIGINT")
+            return 128 + signum
+        failure = first_failure(Path(error_dir), exits)
+    if failure is None:
+        log.info("all ranks finished")
+        return 0
+    write_failure(job.run_dir, failure)
+    log.error("job failed: %s", failure.describe())
+    return 1
+
+
+def run(cfg: DictConfig) -> None:
+    """Hydra's task function (a single run was already validated by ``ValidateBeforeStart``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    job = validated_job(cfg, run_dir)
+    if job.dry_run:
+        print(plan.describe(job))
+        return
+    _write_config(cfg, job)
+    code = launch(job)
+    if code:
+        sys.exit(code)

@@ -1,0 +1,104 @@
+"""Entry point of every rank process: run the target and leave a record if it fails.
+
+Users never decorate anything: whatever the target raises is written, with its traceback, host,
+rank and a precise time, to ``$LAUNCHER_ERROR_DIR/rank_<RANK>.json``. The launcher reads those
+records to name the rank that failed first. The process also asks the kernel to kill it when its
+parent dies, so a launcher killed with SIGKILL leaves no rank behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import json
+import os
+import runpy
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from launcher.ranks import rank_info
+
+ERROR_DIR_ENV = "LAUNCHER_ERROR_DIR"
+PARENT_PID_ENV = "LAUNCHER_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_parent: int | None) -> None:
+    """Linux: SIGKILL this process when the process that started it exits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)  # the parent died before the request above took effect
+
+
+def record_failure(error: BaseException) -> None:
+    error_dir = os.environ.get(ERROR_DIR_ENV)
+    if not error_dir:
+        return
+    rank = os.environ.get("RANK", "?")
+    record = {
+        "rank": int(rank) if rank.isdigit() else rank,
+        "local_rank": os.environ.get("LOCAL_RANK"),
+        "node_rank": os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "time": time.time(),
+        "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+    path = Path(error_dir) / f"rank_{rank}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    except OSError:
+        pass  # reporting must never mask the original error
+
+
+def run_target(kind: str, name: str, args: list[str]) -> None:
+    """Run a module or script as ``__main__`` in this process, the way ``python`` would."""
+    faulthandler.enable()
+    parent = os.environ.get(PARENT_PID_ENV)
+    die_with_parent(int(parent) if parent else None)
+    sys.argv = [name, *args]
+    try:
+        if kind == "module":
+            runpy.run_module(name, run_name="__main__", alter_sys=True)
+        else:
+            sys.path.insert(0, str(Path(name).parent))
+            runpy.run_path(name, run_name="__main__")
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            record_failure(stop)
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        record_failure(error)
+        raise
+
+
+def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,
+                     master_addr: str, master_port: int, kind: str, name: str,
+                     args: list[str]) -> None:
+    """``torch.multiprocessing`` entry: become one rank, then run the target."""
+    os.environ.update(rank_info(procs_per_node, node_rank, local_rank).env())
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+    run_target(kind, name, args)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m launcher.child module NAME ARGS...`` or ``... script PATH ARGS...``."""
+    kind, name, *args = argv
+    run_target(kind, name, args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

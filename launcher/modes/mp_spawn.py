@@ -1,0 +1,54 @@
+"""``launcher=mp_spawn``: this node's ranks as ``torch.multiprocessing`` children of the launcher."""
+
+from __future__ import annotations
+
+import time
+
+from launcher.child import run_spawned_rank
+from launcher.config import JobConfig
+from launcher.ranks import rank_info
+
+
+def _spawn_args(job: JobConfig) -> tuple[object, ...]:
+    return (
+        list(job.procs_per_node),
+        job.node_rank,
+        job.master_addr,
+        job.master_port,
+        job.target.kind,
+        job.target.name,
+        list(job.target.args),
+    )
+
+
+def command_line(job: JobConfig) -> str:
+    return (
+        f"torch.multiprocessing.start_processes(launcher.child.run_spawned_rank, "
+        f"args={_spawn_args(job)!r}, nprocs={job.local_world_size}, "
+        f"start_method={job.mode.start_method!r})"
+    )
+
+
+def run(job: JobConfig) -> dict[int, tuple[int, float]]:
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(
+        run_spawned_rank,
+        args=_spawn_args(job),
+        nprocs=job.local_world_size,
+        join=False,
+        start_method=job.mode.start_method,
+    )
+    try:
+        while not context.join(timeout=1.0, grace_period=job.mode.shutdown_grace_s):
+            pass
+    except mp.ProcessException as failed:
+        first_seen = time.time()
+        exits = {}
+        for local_rank, process in enumerate(context.processes):
+            code = process.exitcode
+            if code not in (0, None):
+                seen = first_seen if local_rank == failed.error_index else time.time()
+                exits[rank_info(job.procs_per_node, job.node_rank, local_rank).rank] = (code, seen)
+        return exits
+    return {}

@@ -1,0 +1,75 @@
+"""``launcher=torchrun``: PyTorch's elastic agent, driven through its Python API in this process.
+
+Running the agent in-process (rather than ``python -m torch.distributed.run`` as a child) saves an
+interpreter start and a second ``import torch``; the agent, its rendezvous and its restart logic are
+torch's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import uuid
+
+from launcher.config import JobConfig
+from launcher.supervise import Interrupted
+
+CHILD_MODULE = "launcher.child"
+
+
+def worker_args(job: JobConfig) -> list[str]:
+    return ["-u", "-m", CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
+
+
+def _agent_options(job: JobConfig) -> dict[str, object]:
+    return {
+        "nnodes": job.nodes,
+        "nproc-per-node": job.local_world_size,
+        "node-rank": job.node_rank,
+        "rdzv-backend": "static",
+        "master-addr": job.master_addr,
+        "master-port": job.master_port,
+        "rdzv-conf": f"timeout={int(job.init_timeout_s)}",
+        "max-restarts": job.mode.max_restarts,
+        "monitor-interval": job.mode.monitor_interval_s,
+    }
+
+
+def command_line(job: JobConfig) -> str:
+    """The ``torchrun`` command this mode is equivalent to (it runs the agent in-process)."""
+    options = [f"--{key}={value}" for key, value in _agent_options(job).items()]
+    worker = [CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
+    return shlex.join([sys.executable, "-m", "torch.distributed.run", *options, "--module", *worker])
+
+
+def run(job: JobConfig) -> dict[int, tuple[int, float]]:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # The agent narrates every step at INFO/WARNING; the launcher reports failures itself.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    config = LaunchConfig(
+        min_nodes=job.nodes,
+        max_nodes=job.nodes,
+        nproc_per_node=job.local_world_size,
+        run_id=f"launcher-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="static",
+        rdzv_endpoint=f"{job.master_addr}:{job.master_port}",
+        rdzv_configs={"rank": job.node_rank, "timeout": int(job.init_timeout_s)},
+        max_restarts=job.mode.max_restarts,
+        monitor_interval=job.mode.monitor_interval_s,
+        start_method="spawn",
+        shutdown_timeout=int(job.mode.shutdown_grace_s),
+    )
+    try:
+        elastic_launch(config, sys.executable)(*worker_args(job))
+    except ChildFailedError as failed:
+        return {rank: (failure.exitcode, failure.timestamp) for rank, failure in failed.failures.items()}
+    except SignalException as signalled:
+        raise Interrupted(int(signalled.sigval)) from None
+    return {}
+
+
+

@@ -1,0 +1,127 @@
+"""Keep the job's process tree under the launcher's control until the very end.
+
+The launcher becomes a child subreaper, so DataLoader workers or anything else a rank started are
+re-parented to it (not to init) when their rank dies; when the job ends, every process still below
+the launcher is sent SIGTERM and, after a grace period, SIGKILL. SIGTERM and SIGHUP to the launcher
+become an ``Interrupted`` exception so the same clean-up path runs as for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+_PR_SET_CHILD_SUBREAPER = 36
+_HANDLED = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _become_subreaper() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: orphans go to init, as with any other launcher
+
+
+def _live_children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if state not in ("Z", "X"):
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Live processes below ``pid`` (default: this process), from /proc."""
+    if not os.path.isdir("/proc"):
+        return []
+    children = _live_children_map()
+    found, stack = [], [os.getpid() if pid is None else pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _reap_zombies() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _own_helpers() -> set[int]:
+    """The launcher's own helper processes, which end when the launcher does.
+
+    ``torch.multiprocessing`` starts multiprocessing's resource tracker as the launcher's child; it
+    ignores SIGTERM by design and exits when our end of its pipe closes.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker_pid = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+    return {tracker_pid} if tracker_pid else set()
+
+
+def job_processes() -> list[int]:
+    helpers = _own_helpers()
+    return [pid for pid in descendants() if pid not in helpers]
+
+
+def kill_descendants(grace_s: float) -> list[int]:
+    """SIGTERM every job process below us, SIGKILL what is left after ``grace_s``."""
+    leftovers = job_processes()
+    if not leftovers:
+        return []
+    _signal_all(leftovers, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        _reap_zombies()
+        if not job_processes():
+            return leftovers
+        time.sleep(0.05)
+    while alive := job_processes():
+        _signal_all(alive, signal.SIGKILL)
+        _reap_zombies()
+        time.sleep(0.05)
+    return leftovers
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def supervised(grace_s: float) -> Iterator[None]:
+    """Run a job so that no process it started outlives it, however it ends."""
+    _become_subreaper()
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in _HANDLED}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        kill_descendants(grace_s)
+        _reap_zombies()

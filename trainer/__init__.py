@@ -1,0 +1,1 @@
+"""A DDP training worker that reads only torchrun's environment contract."""

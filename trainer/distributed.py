@@ -1,0 +1,81 @@
+"""Distributed set-up in one place: process group, device, CPU threads, seeds, clean teardown."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainer.env import DistEnv
+
+
+def resolve_backend(requested: str) -> str:
+    if requested == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return requested
+
+
+def select_device(backend: str, env: DistEnv) -> torch.device:
+    """``cuda:LOCAL_RANK`` for NCCL. Indices are relative to CUDA_VISIBLE_DEVICES, as CUDA counts."""
+    if backend != "nccl":
+        return torch.device("cpu")
+    device = torch.device("cuda", env.local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def limit_cpu_threads(env: DistEnv) -> int:
+    """Give each of this node's processes an equal share of the cores, so they do not thrash.
+
+    The launch mode does not matter (torchrun exports OMP_NUM_THREADS=1, spawn nothing): the same
+    share everywhere also keeps results bit-identical across modes.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // env.local_world_size)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def process_group(env: DistEnv, backend: str, timeout_s: float) -> Iterator[None]:
+    """``init_process_group`` over ``env://``; always destroyed, also when training raises."""
+    os.environ.setdefault("MASTER_ADDR", env.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(env.master_port))
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    try:
+        yield
+    except BaseException:
+        # Peers may be gone: no barrier, just release our resources.
+        dist.destroy_process_group()
+        raise
+    # A DDP model still alive at exit can abort the process ("terminate called without an active
+    # exception"): collect it, wait for every rank, then tear down.
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum scalars over ranks in float64, so metrics do not depend on float32 rounding."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()

@@ -1,0 +1,267 @@
+"""The training worker, top to bottom: set up, prepare data, train, evaluate, checkpoint, report.
+
+Run as one rank of a job (``python -m trainer RUN_DIR/config.yaml``); it reads its place in the job
+from the environment contract only (RANK, WORLD_SIZE, LOCAL_RANK, ...), so any torchrun-compatible
+launcher can start it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from trainer import checkpoint
+from trainer.data import ResumableDistributedSampler, ShardSampler, caching_rank_first
+from trainer.distributed import (
+    all_reduce_sum,
+    limit_cpu_threads,
+    process_group,
+    resolve_backend,
+    seed_everything,
+    select_device,
+)
+from trainer.env import DistEnv
+from trainer.logs import setup_logging
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
+    global_step: int = 0
+    epoch_loss_sum: float = 0.0  # this rank's loss x samples so far in `epoch`
+    epoch_samples: int = 0
+    train_time_s: float = 0.0
+    train_samples: int = 0  # this rank's samples over the whole run
+
+
+def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
+                  device: torch.device) -> tuple[DataLoader, DataLoader, ResumableDistributedSampler]:
+    sampler = ResumableDistributedSampler(
+        train_set, num_replicas=env.world_size, rank=env.rank, shuffle=cfg.data.shuffle,
+        seed=cfg.seed, drop_last=cfg.data.drop_last,
+    )
+    common = dict(
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    train_loader = DataLoader(train_set, sampler=sampler, **common)
+    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size), **common)
+    return train_loader, val_loader, sampler
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+    """Loss and accuracy over the whole validation set: sums reduced over ranks, then divided."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    for inputs, targets in loader:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits = model(inputs)
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == targets).sum().item()
+        count += targets.numel()
+    model.train()
+    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    return loss_sum / count, correct / count
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.pt"
+
+
+def resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
+    if cfg.resume in (None, "none"):
+        return None
+    if cfg.resume == "auto":
+        path = checkpoint_path(run_dir)
+        return path if path.exists() else None
+    return Path(cfg.resume)
+
+
+def save_checkpoint(path: Path, env: DistEnv, model: torch.nn.Module, optimizer: Any,
+                    scheduler: Any, progress: Progress, cfg: DictConfig) -> None:
+    """Collective (every rank's RNG state is gathered); rank 0 writes."""
+    rng_states = checkpoint.gather_rng_states()
+    if env.is_main:
+        checkpoint.save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "progress": asdict(progress),
+                "rng": rng_states,
+                "world_size": env.world_size,
+                "seed": cfg.seed,
+            },
+            path,
+        )
+
+
+def trim_metrics(metrics_path: Path, before_epoch: int) -> None:
+    """On resume, drop records of epochs the checkpoint does not cover (they will be redone)."""
+    if not metrics_path.exists():
+        return
+    kept = [line for line in metrics_path.read_text().splitlines()
+            if line and json.loads(line)["epoch"] < before_epoch]
+    metrics_path.write_text("".join(line + "\n" for line in kept))
+
+
+def processes_per_node(env: DistEnv) -> list[int]:
+    """How many ranks each node ran, as the ranks themselves report it (collective)."""
+    reports: list[Any] = [None] * env.world_size
+    dist.all_gather_object(reports, (env.node_rank, env.local_world_size))
+    return [count for _, count in sorted(set(reports))]
+
+
+def train(cfg: DictConfig) -> None:
+    start = time.perf_counter()
+    env = DistEnv.from_environ()
+    run_dir = Path(cfg.run_dir)
+    log = setup_logging(env.rank, run_dir)
+    backend = resolve_backend(cfg.backend)
+    device = select_device(backend, env)
+    threads = limit_cpu_threads(env)
+
+    with process_group(env, backend, cfg.init_timeout):
+        log.info("rank %d/%d up: backend=%s device=%s threads/rank=%d", env.rank, env.world_size,
+                 backend, device, threads)
+        seed_everything(cfg.seed)
+
+        # Data: prepared once per scope, behind a barrier that outlasts slow downloads.
+        data_module = instantiate(cfg.data.dataset)
+        with caching_rank_first(env, cfg.data.cache_scope, cfg.data.prepare_timeout) as caching:
+            if caching:
+                data_module.prepare()
+        train_set, val_set = data_module.datasets()
+        train_loader, val_loader, sampler = build_loaders(cfg, env, train_set, val_set, device)
+
+        # Model, optimizer, schedule.
+        model = instantiate(cfg.model).to(device)
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = instantiate(cfg.optim, params=model.parameters())
+        scheduler = (instantiate(cfg.sched.scheduler, optimizer=optimizer)
+                     if cfg.sched.scheduler is not None else None)
+        step_scheduler_each_step = cfg.sched.interval == "step"
+
+        # Resume: rank 0 reads, everyone restores the same state (and its own RNG).
+        progress = Progress()
+        state = checkpoint.load_on_rank0(resume_from(cfg, run_dir))
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            progress = Progress(**state["progress"])
+            if state["world_size"] == env.world_size:
+                checkpoint.set_rng_state(state["rng"][env.rank])
+            else:
+                log.warning("checkpoint from world size %d, now %d: RNG streams not restored",
+                            state["world_size"], env.world_size)
+            log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
+                     progress.epoch, progress.step_in_epoch, progress.global_step)
+        metrics_path = run_dir / "metrics.jsonl"
+        if env.is_main:
+            trim_metrics(metrics_path, progress.epoch)
+
+        epochs = cfg.trainer.epochs
+        every_steps, every_epochs = cfg.checkpoint.every_steps, cfg.checkpoint.every_epochs
+        val_loss, val_acc = math.nan, math.nan
+        for epoch in range(progress.epoch, epochs):
+            sampler.set_epoch(epoch, start_index=progress.step_in_epoch * cfg.data.batch_size)
+            epoch_start = time.perf_counter()
+            for inputs, targets in train_loader:
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                loss = F.cross_entropy(ddp_model(inputs), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None and step_scheduler_each_step:
+                    scheduler.step()
+
+                progress.step_in_epoch += 1
+                progress.global_step += 1
+                progress.epoch_loss_sum += loss.item() * targets.numel()
+                progress.epoch_samples += targets.numel()
+                progress.train_samples += targets.numel()
+                if cfg.trainer.log_every_steps and progress.global_step % cfg.trainer.log_every_steps == 0:
+                    log.info("epoch %d step %d loss %.4f", epoch, progress.step_in_epoch, loss.item())
+                if every_steps and progress.global_step % every_steps == 0:
+                    progress.train_time_s += time.perf_counter() - epoch_start
+                    epoch_start = time.perf_counter()
+                    save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
+            progress.train_time_s += time.perf_counter() - epoch_start
+
+            if scheduler is not None and not step_scheduler_each_step:
+                scheduler.step()
+            loss_sum, samples = all_reduce_sum([progress.epoch_loss_sum, progress.epoch_samples], device)
+            val_loss, val_acc = evaluate(ddp_model, val_loader, device)
+            record = {
+                "epoch": epoch,
+                "global_step": progress.global_step,
+                "train_loss": loss_sum / max(samples, 1),
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f lr=%.4g", epoch + 1,
+                     epochs, record["train_loss"], val_loss, val_acc, record["lr"])
+            progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
+                                train_time_s=progress.train_time_s, train_samples=progress.train_samples)
+            if every_epochs and (epoch + 1) % every_epochs == 0:
+                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
+            if env.is_main:
+                with metrics_path.open("a") as file:
+                    file.write(json.dumps(record) + "\n")
+
+        if math.isnan(val_loss):  # resumed after the last epoch: report the final model anyway
+            val_loss, val_acc = evaluate(ddp_model, val_loader, device)
+        total_samples, time_sum = all_reduce_sum([progress.train_samples, progress.train_time_s], device)
+        mean_train_time = time_sum / env.world_size
+        gpus_per_node = processes_per_node(env)
+        summary = {
+            "world_size": env.world_size,
+            "nodes": len(gpus_per_node),
+            "gpus_per_node": gpus_per_node,
+            "backend": backend,
+            "launcher": cfg.launcher.name,
+            "epochs": epochs,
+            "global_step": progress.global_step,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "train_samples_per_s": total_samples / mean_train_time if mean_train_time > 0 else 0.0,
+            "wall_s": time.perf_counter() - start,
+            "weights_sha256": checkpoint.weights_sha256(model),
+        }
+        if env.is_main:
+            tmp = run_dir / ".summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, run_dir / "summary.json")
+            log.info("done: val_acc=%.4f val_loss=%.4f %.0f samples/s, summary in %s",
+                     val_acc, val_loss, summary["train_samples_per_s"], run_dir / "summary.json")
+        del ddp_model, model, optimizer, scheduler, train_loader, val_loader
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m trainer RUN_DIR/config.yaml")
+    train(OmegaConf.load(argv[0]))
+
