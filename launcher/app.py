@@ -71,10 +71,9 @@ def launch(job: JobConfig) -> int:
         try:
             with supervised(job.mode.shutdown_grace_s):
                 exits = get_mode(job.mode.name).run(job)
-        except (KeyboardInterrupt, Interrupted) as stop:
-            signum = getattr(stop, "signum", 2)
-            log.error("interrupted (%s): stopped every rank", stop or "SIGINT")
-            return 128 + signum
+        except Interrupted as stop:
+            log.error("interrupted (%s): stopped every rank", stop)
+            return 128 + stop.signum
         failure = first_failure(Path(error_dir), exits)
     if failure is None:
         log.info("all ranks finished")

@@ -8,6 +8,7 @@ parent dies, so a launcher killed with SIGKILL leaves no rank behind.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import faulthandler
 import json
@@ -38,6 +39,16 @@ def die_with_parent(expected_parent: int | None) -> None:
         os._exit(1)  # the parent died before the request above took effect
 
 
+def _user_traceback(error: BaseException) -> str:
+    """The traceback without the launcher's own frames (this module and runpy)."""
+    tb = error.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename == __file__ or "runpy" in tb.tb_frame.f_code.co_filename
+    ):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
 def record_failure(error: BaseException) -> None:
     error_dir = os.environ.get(ERROR_DIR_ENV)
     if not error_dir:
@@ -52,7 +63,7 @@ def record_failure(error: BaseException) -> None:
         "time": time.time(),
         "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         "error": f"{type(error).__name__}: {error}",
-        "traceback": "".join(traceback.format_exception(error)),
+        "traceback": _user_traceback(error),
     }
     path = Path(error_dir) / f"rank_{rank}.json"
     try:
@@ -82,7 +93,20 @@ def run_target(kind: str, name: str, args: list[str]) -> None:
         raise
     except BaseException as error:
         record_failure(error)
-        raise
+        fail_fast(error)
+
+
+def fail_fast(error: BaseException) -> None:
+    """Report like Python would, run atexit handlers, then exit 1 without C++ teardown.
+
+    A rank that raises usually still holds a process group; letting the interpreter finalize it
+    can abort ("terminate called without an active exception") and turn exit code 1 into SIGABRT.
+    """
+    sys.excepthook(type(error), error, error.__traceback__)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,

@@ -16,7 +16,8 @@ import time
 from collections.abc import Iterator
 
 _PR_SET_CHILD_SUBREAPER = 36
-_HANDLED = (signal.SIGTERM, signal.SIGHUP)
+# SIGINT too: a shell starts background jobs with SIGINT ignored, and `kill -INT` must still stop us.
+_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(Exception):

@@ -31,6 +31,7 @@ def command_line(job: JobConfig) -> str:
 
 def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     context = mp.start_processes(
         run_spawned_rank,
@@ -42,7 +43,7 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     try:
         while not context.join(timeout=1.0, grace_period=job.mode.shutdown_grace_s):
             pass
-    except mp.ProcessException as failed:
+    except ProcessException as failed:
         first_seen = time.time()
         exits = {}
         for local_rank, process in enumerate(context.processes):

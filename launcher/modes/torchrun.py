@@ -48,8 +48,9 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    # The agent narrates every step at INFO/WARNING; the launcher reports failures itself.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # The agent narrates every step and logs each worker failure; the launcher reports the root
+    # cause itself (first failing rank, host, traceback), so keep the agent to critical messages.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=job.nodes,
         max_nodes=job.nodes,
