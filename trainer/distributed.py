@@ -74,8 +74,9 @@ def process_group(env: DistEnv, backend: str, timeout_s: float) -> Iterator[None
     dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum scalars over ranks in float64, so metrics do not depend on float32 rounding."""
+def all_reduce_scalars(values: list[float], device: torch.device,
+                       op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> list[float]:
+    """Reduce scalars over ranks in float64, so metrics do not depend on float32 rounding."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=op)
     return tensor.tolist()

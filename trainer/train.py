@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from trainer import checkpoint
 from trainer.data import ResumableDistributedSampler, ShardSampler, caching_rank_first
 from trainer.distributed import (
-    all_reduce_sum,
+    all_reduce_scalars,
     limit_cpu_threads,
     process_group,
     resolve_backend,
@@ -48,6 +48,7 @@ class Progress:
     epoch_samples: int = 0
     train_time_s: float = 0.0
     train_samples: int = 0  # this rank's samples over the whole run
+    first_step_unix_s: float = 0.0  # when this rank finished its first optimizer step
 
 
 def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
@@ -79,7 +80,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
         correct += (logits.argmax(dim=1) == targets).sum().item()
         count += targets.numel()
     model.train()
-    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], device)
+    loss_sum, correct, count = all_reduce_scalars([loss_sum, correct, count], device)
     return loss_sum / count, correct / count
 
 
@@ -197,6 +198,8 @@ def train(cfg: DictConfig) -> None:
                 if scheduler is not None and step_scheduler_each_step:
                     scheduler.step()
 
+                if not progress.first_step_unix_s:
+                    progress.first_step_unix_s = time.time()
                 progress.step_in_epoch += 1
                 progress.global_step += 1
                 progress.epoch_loss_sum += loss.item() * targets.numel()
@@ -212,7 +215,7 @@ def train(cfg: DictConfig) -> None:
 
             if scheduler is not None and not step_scheduler_each_step:
                 scheduler.step()
-            loss_sum, samples = all_reduce_sum([progress.epoch_loss_sum, progress.epoch_samples], device)
+            loss_sum, samples = all_reduce_scalars([progress.epoch_loss_sum, progress.epoch_samples], device)
             val_loss, val_acc = evaluate(ddp_model, val_loader, device)
             record = {
                 "epoch": epoch,
@@ -225,7 +228,8 @@ def train(cfg: DictConfig) -> None:
             log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f lr=%.4g", epoch + 1,
                      epochs, record["train_loss"], val_loss, val_acc, record["lr"])
             progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
-                                train_time_s=progress.train_time_s, train_samples=progress.train_samples)
+                                train_time_s=progress.train_time_s, train_samples=progress.train_samples,
+                                first_step_unix_s=progress.first_step_unix_s)
             if every_epochs and (epoch + 1) % every_epochs == 0:
                 save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
             if env.is_main:
@@ -234,8 +238,9 @@ def train(cfg: DictConfig) -> None:
 
         if math.isnan(val_loss):  # resumed after the last epoch: report the final model anyway
             val_loss, val_acc = evaluate(ddp_model, val_loader, device)
-        total_samples, time_sum = all_reduce_sum([progress.train_samples, progress.train_time_s], device)
+        total_samples, time_sum = all_reduce_scalars([progress.train_samples, progress.train_time_s], device)
         mean_train_time = time_sum / env.world_size
+        (first_step_done,) = all_reduce_scalars([progress.first_step_unix_s], device, dist.ReduceOp.MAX)
         gpus_per_node = processes_per_node(env)
         summary = {
             "world_size": env.world_size,
@@ -249,6 +254,7 @@ def train(cfg: DictConfig) -> None:
             "val_acc": val_acc,
             "train_samples_per_s": total_samples / mean_train_time if mean_train_time > 0 else 0.0,
             "wall_s": time.perf_counter() - start,
+            "first_step_unix_s": first_step_done,  # every rank had taken one optimizer step by then
             "weights_sha256": checkpoint.weights_sha256(model),
         }
         if env.is_main:
