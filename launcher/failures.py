@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 TRACEBACK_LINES = 15
+# Errors a rank raises because a peer died: symptoms, never the root cause while another rank
+# raised something else or died without raising.
+_PEER_LOST = re.compile(
+    r"Connection (closed|reset) by peer|Broken pipe|remote (worker|process)|"
+    r"communicator was aborted|DistNetworkError",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -63,25 +72,25 @@ def recorded_failures(error_dir: Path) -> list[RankFailure]:
 
 
 def first_failure(error_dir: Path, exits: dict[int, tuple[int, float]]) -> RankFailure | None:
-    """The root cause: the earliest recorded exception, else the earliest abnormal exit.
+    """The root cause, in this order: the earliest exception that is not a lost peer; else the
+    earliest rank that died without raising (a signal, ``os._exit``); else the earliest exception.
 
-    ``exits`` maps global rank to (exit code, time seen) as the launch mode observed them; ranks
-    that died without raising (a signal, ``os._exit``) only show up there.
+    ``exits`` maps global rank to (exit code, time seen) for the ranks the launch mode saw fail
+    before it stopped the others; ranks that died without raising only show up there.
     """
     recorded = recorded_failures(error_dir)
-    if recorded:
-        first = recorded[0]
-        code = exits.get(first.rank, (None, 0.0))[0]
-        return RankFailure(first.rank, first.host, code, first.time, first.error, first.traceback)
-    if not exits:
+    causes = [failure for failure in recorded if not _PEER_LOST.search(failure.error)]
+    silent = {rank: seen for rank, seen in exits.items() if rank not in {f.rank for f in recorded}}
+    if not causes and silent:
+        rank, (code, seen) = min(silent.items(), key=lambda item: (item[1][1], item[0]))
+        return RankFailure(rank, socket.gethostname(), code, seen, "")
+    first = (causes or recorded or [None])[0]
+    if first is None:
         return None
-    rank, (code, seen) = min(exits.items(), key=lambda item: (item[1][1], item[0]))
-    return RankFailure(rank, socket.gethostname(), code, seen, "")
+    return replace(first, exit_code=exits.get(first.rank, (None, 0.0))[0])
 
 
 def write_failure(run_dir: Path, failure: RankFailure) -> None:
     """Leave the root cause next to the run's outputs, for sweeps and schedulers to read."""
-    try:
+    with contextlib.suppress(OSError):
         (run_dir / "failure.json").write_text(json.dumps(asdict(failure), indent=2))
-    except OSError:
-        pass

@@ -27,10 +27,9 @@ class Interrupted(Exception):
 
 
 def _become_subreaper() -> None:
-    try:
+    # Not Linux: orphans go to init, as with any other launcher.
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: orphans go to init, as with any other launcher
 
 
 def _live_children_map() -> dict[int, list[int]]:

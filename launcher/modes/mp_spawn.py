@@ -44,12 +44,8 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
         while not context.join(timeout=1.0, grace_period=job.mode.shutdown_grace_s):
             pass
     except ProcessException as failed:
-        first_seen = time.time()
-        exits = {}
-        for local_rank, process in enumerate(context.processes):
-            code = process.exitcode
-            if code not in (0, None):
-                seen = first_seen if local_rank == failed.error_index else time.time()
-                exits[rank_info(job.procs_per_node, job.node_rank, local_rank).rank] = (code, seen)
-        return exits
+        # Only the rank spawn saw fail: the others were terminated by spawn itself afterwards.
+        code = context.processes[failed.error_index].exitcode
+        rank = rank_info(job.procs_per_node, job.node_rank, failed.error_index).rank
+        return {rank: (code if code is not None else 1, time.time())}
     return {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-import uuid
 
 from launcher.config import JobConfig
 from launcher.supervise import Interrupted
@@ -55,7 +54,8 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
         min_nodes=job.nodes,
         max_nodes=job.nodes,
         nproc_per_node=job.local_world_size,
-        run_id=f"launcher-{uuid.uuid4().hex[:12]}",
+        # Every node must name the same run: derive it from what they all share.
+        run_id=f"launcher-{job.master_addr}-{job.master_port}",
         rdzv_backend="static",
         rdzv_endpoint=f"{job.master_addr}:{job.master_port}",
         rdzv_configs={"rank": job.node_rank, "timeout": int(job.init_timeout_s)},

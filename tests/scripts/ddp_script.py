@@ -1,12 +1,13 @@
 """A plain torchrun-compatible DDP script (no launcher imports), used by the tests.
 
-Arguments: OUT_DIR [--fail-rank R] [--hang] [--workers N]
+Arguments: OUT_DIR [--fail-rank R] [--die-rank R] [--hang] [--workers N]
 Every rank writes OUT_DIR/rank_<RANK>.json with the environment it saw and a reduced value.
 """
 
 import argparse
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch.distributed as dist
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
-    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-rank", type=int, default=-1, help="this rank raises")
+    parser.add_argument("--die-rank", type=int, default=-1, help="this rank SIGKILLs itself")
     parser.add_argument("--hang", action="store_true", help="block until killed, with DataLoader workers")
     parser.add_argument("--workers", type=int, default=0)
     args = parser.parse_args()
@@ -33,6 +35,8 @@ def main() -> None:
     (out / f"rank_{rank}.json").write_text(json.dumps(record))
     if rank == args.fail_rank:
         raise RuntimeError(f"deliberate failure on rank {rank}")
+    if rank == args.die_rank:
+        os.kill(os.getpid(), signal.SIGKILL)
     if args.hang:
         loader = torch.utils.data.DataLoader(range(10**6), num_workers=args.workers, persistent_workers=args.workers > 0)
         iterator = iter(loader)

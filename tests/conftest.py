@@ -1,0 +1,149 @@
+"""Helpers to run the real launcher in a subprocess and to prove nothing of a job is left behind.
+
+Every launch carries a unique LAUNCHER_JOB_ID in its environment; every process of the job (ranks,
+DataLoader workers) inherits it, so leftovers are found by scanning /proc, whoever their parent is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DDP_SCRIPT = REPO / "tests" / "scripts" / "ddp_script.py"
+# Small but real: two ranks, a few dozen optimizer steps.
+TINY = ["data.dataset.num_samples=1024", "trainer.epochs=2"]
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
+                  "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+@dataclass
+class Launch:
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+    elapsed_s: float
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+
+def job_processes(job_id: str) -> list[int]:
+    """PIDs of live processes whose environment carries this job's marker."""
+    marker = f"LAUNCHER_JOB_ID={job_id}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker not in environ.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    continue
+        except OSError:
+            continue
+        found.append(int(entry))
+    return found
+
+
+def describe(pids: list[int]) -> str:
+    lines = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmdline = "?"
+        lines.append(f"{pid}: {cmdline[:200]}")
+    return "\n".join(lines)
+
+
+def wait_for_no_leftovers(job_id: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := job_processes(job_id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the job still running after {timeout_s}s:\n{describe(left)}"
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Launcher:
+    """Runs ``python -m launcher`` for one test, in the test's temporary directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.job_ids: list[str] = []
+
+    def env(self, job_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items()
+               if key not in RANK_VARIABLES and not key.startswith("SLURM_")}
+        env["LAUNCHER_JOB_ID"] = job_id
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env.update(extra or {})
+        return env
+
+    def command(self, run_dir: Path, overrides: tuple[str, ...]) -> list[str]:
+        return [sys.executable, "-m", "launcher", f"hydra.run.dir={run_dir}", *overrides]
+
+    def new_job_id(self) -> str:
+        job_id = uuid.uuid4().hex
+        self.job_ids.append(job_id)
+        return job_id
+
+    def run(self, *overrides: str, run_dir: Path | None = None, timeout_s: float = 180,
+            env: dict[str, str] | None = None) -> Launch:
+        run_dir = run_dir or self.workdir / "run"
+        job_id = self.new_job_id()
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(self.command(run_dir, overrides), cwd=self.workdir,
+                                  env=self.env(job_id, env), capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired as hung:
+            raise AssertionError(f"launcher did not finish within {timeout_s}s:\n{hung.stderr}") from hung
+        return Launch(proc.returncode, proc.stdout, proc.stderr, run_dir, time.monotonic() - start)
+
+    def start(self, *overrides: str, run_dir: Path | None = None) -> tuple[subprocess.Popen, str]:
+        """Start in the background (own session, so a test can signal it like a terminal would)."""
+        run_dir = run_dir or self.workdir / "run"
+        job_id = self.new_job_id()
+        proc = subprocess.Popen(self.command(run_dir, overrides), cwd=self.workdir,
+                                env=self.env(job_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        return proc, job_id
+
+    def kill_leftovers(self) -> None:
+        for job_id in self.job_ids:
+            for pid in job_processes(job_id):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    runner = Launcher(tmp_path)
+    yield runner
+    runner.kill_leftovers()
+
+
+def assert_ok(launch: Launch) -> None:
+    assert launch.returncode == 0, f"launcher failed ({launch.returncode}):\n{launch.stderr[-5000:]}"

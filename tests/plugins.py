@@ -1,0 +1,90 @@
+"""Plug-ins the tests select through ``_target_``, the way users plug in their own classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from trainer.data import SyntheticClassification
+from trainer.models import MLP
+
+
+class CountingSynthetic(SyntheticClassification):
+    """Logs every ``prepare()`` call (rank, whether the cache existed) to ``root/prepare_calls``.
+
+    ``delay_s`` makes preparation slow, like a large download.
+    """
+
+    def __init__(self, *args: object, delay_s: float = 0.0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.delay_s = delay_s
+
+    def prepare(self) -> None:
+        cached = self.cache_path.exists()
+        time.sleep(self.delay_s)
+        super().prepare()
+        record = {"rank": int(os.environ["RANK"]), "local_rank": int(os.environ["LOCAL_RANK"]),
+                  "cached": cached, "pid": os.getpid()}
+        with open(self.cache_path.parent / "prepare_calls", "a") as log:
+            log.write(json.dumps(record) + "\n")
+
+
+class _RecordingDataset(Dataset):
+    def __init__(self, inner: Dataset, path: Path) -> None:
+        self.inner, self.path = inner, path
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        with open(self.path, "a") as log:
+            log.write(f"{index}\n")
+        return self.inner[index]
+
+
+class IndexRecordingSynthetic(SyntheticClassification):
+    """Each rank appends every training index it reads to ``root/train_indices_rank<R>``."""
+
+    def datasets(self):
+        train, val = super().datasets()
+        path = self.cache_path.parent / f"train_indices_rank{os.environ['RANK']}"
+        return _RecordingDataset(train, path), val
+
+
+class FaultyMLP(MLP):
+    """An MLP that misbehaves at one training step, to test failures and resume.
+
+    ``action``: ``raise`` (an exception on ``rank``), or ``kill_job`` (rank ``rank`` SIGKILLs its
+    launcher, like a machine going down; ranks follow by their parent-death signal). With a
+    ``marker`` file the fault happens once: a resumed run finds the marker and trains normally.
+    """
+
+    def __init__(self, *args: object, fault_step: int = -1, rank: int = 0, action: str = "raise",
+                 marker: str | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fault_step, self.fault_rank, self.action = fault_step, rank, action
+        self.marker = Path(marker) if marker else None
+        self.steps = 0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.steps += 1
+            if self.steps == self.fault_step and int(os.environ["RANK"]) == self.fault_rank:
+                self._fault()
+        return super().forward(inputs)
+
+    def _fault(self) -> None:
+        if self.marker is not None:
+            if self.marker.exists():
+                return
+            self.marker.write_text("faulted")
+        if self.action == "kill_job":
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(60)  # the parent-death signal ends us
+        raise RuntimeError(f"deliberate fault at training step {self.steps}")

@@ -1,0 +1,61 @@
+"""A job killed and resumed ends with exactly the weights of one that was never interrupted."""
+
+import pytest
+import torch
+
+from tests.conftest import assert_ok, wait_for_no_leftovers
+
+# 2048 samples, 20% held out, 64 per rank per step: 13 steps per epoch, 3 epochs = 39 steps.
+SMALL = ["data.dataset.num_samples=2048", "trainer.epochs=3", "model._target_=tests.plugins.FaultyMLP"]
+
+
+def killed_then_resumed(launcher, tmp_path, overrides, fault_step):
+    run_dir = tmp_path / "interrupted"
+    marker = tmp_path / "fault_marker"
+    fault = [f"+model.fault_step={fault_step}", "+model.action=kill_job", f"+model.marker={marker}"]
+    killed = launcher.run(*SMALL, *overrides, *fault, run_dir=run_dir)
+    assert killed.returncode == -9, f"the job was not killed:\n{killed.stderr[-3000:]}"
+    assert marker.exists() and not (run_dir / "summary.json").exists()
+    wait_for_no_leftovers(launcher.job_ids[-1], timeout_s=15)
+    progress = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["progress"]
+    resumed = launcher.run(*SMALL, *overrides, *fault, "resume=auto", run_dir=run_dir)
+    assert_ok(resumed)
+    assert "resumed at epoch" in resumed.stderr
+    return progress, resumed.summary()
+
+
+@pytest.mark.parametrize(
+    ("mode", "checkpointing", "fault_step", "expect_mid_epoch"),
+    [
+        ("torchrun", ["checkpoint.every_epochs=1"], 20, False),  # last checkpoint: end of epoch 1
+        ("mp_spawn", ["checkpoint.every_steps=5"], 23, True),    # last checkpoint: step 20, mid-epoch
+    ],
+    ids=["epoch-boundary", "mid-epoch"],
+)
+def test_resume_after_kill_gives_identical_weights(launcher, tmp_path, mode, checkpointing,
+                                                   fault_step, expect_mid_epoch):
+    overrides = [f"launcher={mode}", *checkpointing]
+    reference = launcher.run(*SMALL, *overrides, run_dir=tmp_path / "reference")
+    assert_ok(reference)
+    progress, resumed = killed_then_resumed(launcher, tmp_path, overrides, fault_step)
+    assert (progress["step_in_epoch"] > 0) == expect_mid_epoch, progress
+    assert progress["global_step"] < fault_step
+    assert resumed["global_step"] == reference.summary()["global_step"] == 39
+    assert resumed["weights_sha256"] == reference.summary()["weights_sha256"]
+    assert resumed["val_loss"] == reference.summary()["val_loss"]
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(launcher):
+    launch = launcher.run("data.dataset.num_samples=512", "trainer.epochs=1", "resume=auto")
+    assert_ok(launch)
+    assert "resumed" not in launch.stderr and launch.summary()["global_step"] > 0
+
+
+def test_checkpoint_holds_what_resume_needs_and_loads_safely(launcher):
+    launch = launcher.run("data.dataset.num_samples=512", "trainer.epochs=1")
+    assert_ok(launch)
+    state = torch.load(launch.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert set(state) >= {"model", "optimizer", "scheduler", "progress", "rng", "world_size"}
+    assert len(state["rng"]) == 2 and state["progress"]["epoch"] == 1
+    assert not any(key.startswith("module.") for key in state["model"]), "saved the DDP wrapper"
+    assert not list((launch.run_dir / "checkpoints").glob(".*tmp")), "temporary file left behind"
