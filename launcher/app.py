@@ -8,6 +8,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,7 @@ log = logging.getLogger("launcher")
 JOB_ID_ENV = "LAUNCHER_JOB_ID"
 
 
-def exit_on_config_error(error: ConfigError) -> None:
+def exit_on_config_error(error: ConfigError) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(CONFIG_ERROR_EXIT_CODE)
 
@@ -44,7 +45,6 @@ def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig:
         return load_job_config(cfg, run_dir)
     except ConfigError as error:
         exit_on_config_error(error)
-        raise AssertionError("unreachable") from error
 
 
 def _write_config(cfg: DictConfig, job: JobConfig) -> None:

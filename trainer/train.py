@@ -247,7 +247,7 @@ def train(cfg: DictConfig) -> None:
             "nodes": len(gpus_per_node),
             "gpus_per_node": gpus_per_node,
             "backend": backend,
-            "launcher": cfg.launcher.name,
+            "launcher": OmegaConf.select(cfg, "launcher.name", default="external"),
             "epochs": epochs,
             "global_step": progress.global_step,
             "val_loss": val_loss,
