@@ -52,6 +52,12 @@ def _write_config(cfg: DictConfig, job: JobConfig) -> None:
     OmegaConf.save(OmegaConf.create(resolved_config(cfg, job)), job.run_dir / "config.yaml")
 
 
+def cpu_threads_per_rank(local_procs: int) -> int:
+    """Each rank's share of this machine's cores, so processes x threads never exceeds them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // local_procs)
+
+
 def launch(job: JobConfig) -> int:
     """Start this node's ranks and supervise them; returns the node's exit code."""
     with tempfile.TemporaryDirectory(prefix="launcher-errors-") as error_dir:
@@ -63,6 +69,9 @@ def launch(job: JobConfig) -> int:
                 "NODE_RANK": str(job.node_rank),
             }
         )
+        # Set before any rank starts, identically in both modes: OpenMP threads created before a
+        # later torch.set_num_threads() keep spinning and cost about 5% throughput on a busy node.
+        os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
         log.info(
             "starting %d rank(s) on node %d of %d (world size %d, %s, %s) in %s",
             job.local_world_size, job.node_rank, job.nodes, job.world_size, job.mode.name,

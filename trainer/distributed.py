@@ -32,13 +32,13 @@ def select_device(backend: str, env: DistEnv) -> torch.device:
 
 
 def limit_cpu_threads(env: DistEnv) -> int:
-    """Give each of this node's processes an equal share of the cores, so they do not thrash.
-
-    The launch mode does not matter (torchrun exports OMP_NUM_THREADS=1, spawn nothing): the same
-    share everywhere also keeps results bit-identical across modes.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // env.local_world_size)
+    """Use OMP_NUM_THREADS when the launcher set it (it is read before torch starts any thread);
+    otherwise give each of this node's processes an equal share of the cores."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // env.local_world_size)
     torch.set_num_threads(threads)
     return threads
 

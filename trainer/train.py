@@ -182,11 +182,13 @@ def train(cfg: DictConfig) -> None:
         if env.is_main:
             trim_metrics(metrics_path, progress.epoch)
 
-        epochs = cfg.trainer.epochs
+        # Plain values: OmegaConf lookups cost tens of microseconds, too much for the step loop.
+        epochs, log_every = cfg.trainer.epochs, cfg.trainer.log_every_steps
         every_steps, every_epochs = cfg.checkpoint.every_steps, cfg.checkpoint.every_epochs
+        batch_size = cfg.data.batch_size
         val_loss, val_acc = math.nan, math.nan
         for epoch in range(progress.epoch, epochs):
-            sampler.set_epoch(epoch, start_index=progress.step_in_epoch * cfg.data.batch_size)
+            sampler.set_epoch(epoch, start_index=progress.step_in_epoch * batch_size)
             epoch_start = time.perf_counter()
             for inputs, targets in train_loader:
                 inputs = inputs.to(device, non_blocking=True)
@@ -202,10 +204,11 @@ def train(cfg: DictConfig) -> None:
                     progress.first_step_unix_s = time.time()
                 progress.step_in_epoch += 1
                 progress.global_step += 1
-                progress.epoch_loss_sum += loss.item() * targets.numel()
-                progress.epoch_samples += targets.numel()
-                progress.train_samples += targets.numel()
-                if cfg.trainer.log_every_steps and progress.global_step % cfg.trainer.log_every_steps == 0:
+                batch = targets.numel()
+                progress.epoch_loss_sum += loss.item() * batch
+                progress.epoch_samples += batch
+                progress.train_samples += batch
+                if log_every and progress.global_step % log_every == 0:
                     log.info("epoch %d step %d loss %.4f", epoch, progress.step_in_epoch, loss.item())
                 if every_steps and progress.global_step % every_steps == 0:
                     progress.train_time_s += time.perf_counter() - epoch_start
