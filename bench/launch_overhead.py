@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from launcher.supervise import descendants
+
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 HANDWRITTEN = BENCH_DIR / "handwritten_ddp.py"
@@ -45,6 +47,7 @@ BATCH_SIZE = 64
 SEED = 0
 THROUGHPUT_GOAL = 0.97  # launcher / baseline, at least
 FIRST_STEP_GOAL = 1.2  # launcher / baseline, at most
+BUSY_LOAD_PER_CPU = 0.25  # above this 1-minute load average per CPU at start, warn: noisy timings
 KILL_GRACE_S = 15.0  # SIGTERM -> SIGKILL, so the launchers get to stop their own ranks first
 
 
@@ -124,27 +127,9 @@ def variants(settings: Settings) -> list[Variant]:
     ]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Live processes below ``pid`` (from /proc), so a hung job can be stopped as a whole."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the command (launchers then stop their ranks), then SIGKILL whatever is left."""
-    tree = [process.pid, *_descendants(process.pid)]
+    tree = [process.pid, *descendants(process.pid)]
     process.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=KILL_GRACE_S)
@@ -287,6 +272,9 @@ def bench(settings: Settings) -> tuple[dict[str, object], str]:
     if importlib.util.find_spec("launcher") is None:
         raise BenchError("`launcher` is not importable: run with the project's venv (pip install -e .)")
     loadavg_start = os.getloadavg()[0]
+    if loadavg_start > BUSY_LOAD_PER_CPU * len(os.sched_getaffinity(0)):
+        print(f"warning: load average {loadavg_start:.2f} at start: something else is running, "
+              "timings will be noisy", file=sys.stderr)
     runs: list[Run] = []
     all_variants = variants(settings)
     with tempfile.TemporaryDirectory(prefix="launch-overhead-") as tmp:
