@@ -17,7 +17,7 @@ from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV
 from launcher.config import JobConfig, load_job_config, resolved_config
 from launcher.environments import LocalEnvironment, detect
 from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
-from launcher.failures import first_failure, write_failure
+from launcher.failures import FAILURE_FILE, first_failure, write_failure
 from launcher.modes import get_mode
 from launcher.supervise import Interrupted, supervised
 
@@ -47,9 +47,11 @@ def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig:
         exit_on_config_error(error)
 
 
-def _write_config(cfg: DictConfig, job: JobConfig) -> None:
+def _prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
+    """Write the config every rank reads; drop the failure report of an earlier attempt."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(resolved_config(cfg, job)), job.run_dir / "config.yaml")
+    (job.run_dir / FAILURE_FILE).unlink(missing_ok=True)
 
 
 def cpu_threads_per_rank(local_procs: int) -> int:
@@ -101,7 +103,7 @@ def run(cfg: DictConfig) -> None:
     if job.dry_run:
         print(plan.describe(job))
         return
-    _write_config(cfg, job)
+    _prepare_run_dir(cfg, job)
     code = launch(job)
     if code:
         sys.exit(code)

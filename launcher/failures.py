@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 TRACEBACK_LINES = 15
+FAILURE_FILE = "failure.json"
 # Errors a rank raises because a peer died: symptoms, never the root cause while another rank
 # raised something else or died without raising.
 _PEER_LOST = re.compile(
@@ -93,4 +94,4 @@ def first_failure(error_dir: Path, exits: dict[int, tuple[int, float]]) -> RankF
 def write_failure(run_dir: Path, failure: RankFailure) -> None:
     """Leave the root cause next to the run's outputs, for sweeps and schedulers to read."""
     with contextlib.suppress(OSError):
-        (run_dir / "failure.json").write_text(json.dumps(asdict(failure), indent=2))
+        (run_dir / FAILURE_FILE).write_text(json.dumps(asdict(failure), indent=2))

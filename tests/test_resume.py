@@ -16,11 +16,13 @@ def killed_then_resumed(launcher, tmp_path, overrides, fault_step):
     killed = launcher.run(*SMALL, *overrides, *fault, run_dir=run_dir)
     assert killed.returncode == -9, f"the job was not killed:\n{killed.stderr[-3000:]}"
     assert marker.exists() and not (run_dir / "summary.json").exists()
+    (run_dir / "failure.json").write_text("{}")  # a report from an earlier attempt
     wait_for_no_leftovers(launcher.job_ids[-1], timeout_s=15)
     progress = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["progress"]
     resumed = launcher.run(*SMALL, *overrides, *fault, "resume=auto", run_dir=run_dir)
     assert_ok(resumed)
     assert "resumed at epoch" in resumed.stderr
+    assert not (run_dir / "failure.json").exists(), "a stale failure report survived a good run"
     return progress, resumed.summary()
 
 
@@ -59,3 +61,17 @@ def test_checkpoint_holds_what_resume_needs_and_loads_safely(launcher):
     assert len(state["rng"]) == 2 and state["progress"]["epoch"] == 1
     assert not any(key.startswith("module.") for key in state["model"]), "saved the DDP wrapper"
     assert not list((launch.run_dir / "checkpoints").glob(".*tmp")), "temporary file left behind"
+
+
+def test_resume_with_another_world_size_restarts_the_epoch(launcher, tmp_path):
+    run_dir, marker = tmp_path / "run", tmp_path / "fault_marker"
+    common = [*SMALL, "trainer.epochs=1", "checkpoint.every_steps=3", "+model.fault_step=5",
+              "+model.action=kill_job", f"+model.marker={marker}"]
+    assert launcher.run(*common, "gpus=2", run_dir=run_dir).returncode == -9
+    wait_for_no_leftovers(launcher.job_ids[-1], timeout_s=15)
+    resumed = launcher.run(*common, "gpus=1", "resume=auto", run_dir=run_dir)
+    assert_ok(resumed)
+    assert "checkpoint from world size 2, now 1" in resumed.stderr
+    assert "epoch 0 restarts from its beginning" in resumed.stderr
+    # 3 steps at world size 2, then the whole epoch at world size 1: 1638 samples / 64 = 26 steps.
+    assert resumed.summary()["global_step"] == 3 + 26

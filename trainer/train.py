@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +174,12 @@ def train(cfg: DictConfig) -> None:
             if state["world_size"] == env.world_size:
                 checkpoint.set_rng_state(state["rng"][env.rank])
             else:
-                log.warning("checkpoint from world size %d, now %d: RNG streams not restored",
-                            state["world_size"], env.world_size)
+                # Another world size shards the data differently: a mid-epoch position is
+                # meaningless, so that epoch restarts; exactness is only promised for the same size.
+                log.warning("checkpoint from world size %d, now %d: RNG streams not restored, "
+                            "epoch %d restarts from its beginning", state["world_size"],
+                            env.world_size, progress.epoch)
+                progress = replace(progress, step_in_epoch=0, epoch_loss_sum=0.0, epoch_samples=0)
             log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
                      progress.epoch, progress.step_in_epoch, progress.global_step)
         metrics_path = run_dir / "metrics.jsonl"
