@@ -57,11 +57,15 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
         train_set, num_replicas=env.world_size, rank=env.rank, shuffle=cfg.data.shuffle,
         seed=cfg.seed, drop_last=cfg.data.drop_last,
     )
+    workers = cfg.data.num_workers
     common = dict(
         batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=cfg.data.num_workers > 0,
+        persistent_workers=workers > 0,
+        # Explicit: a rank started by torch.multiprocessing inherits its "spawn" default, which
+        # would re-import torch in every worker; the same setting in every launch mode.
+        multiprocessing_context=cfg.data.worker_start_method if workers > 0 else None,
     )
     train_loader = DataLoader(train_set, sampler=sampler, **common)
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size), **common)
