@@ -1,7 +1,7 @@
 """What ``python -m launcher`` costs over a hand-written DDP script, in startup and in throughput.
 
 Runs the same job (same MLP, cached data, steps and seed) under three variants, alternating them
-round by round so that drift in machine load hits every variant alike:
+round by round, in a rotating order, so that drift in machine load hits every variant alike:
 
 - ``launcher torchrun``: ``python -m launcher launcher=torchrun`` (elastic agent in-process),
 - ``launcher mp_spawn``: ``python -m launcher launcher=mp_spawn``,
@@ -287,7 +287,9 @@ def bench(settings: Settings) -> tuple[dict[str, object], str]:
             if job.npz is None:
                 job = Job(workdir=workdir, data_root=job.data_root, npz=cached_npz(job.data_root))
         for rep in range(settings.reps):
-            for variant in all_variants:
+            # Rotate the order each round, so no variant always runs right after another.
+            shift = rep % len(all_variants)
+            for variant in all_variants[shift:] + all_variants[:shift]:
                 run_dir = workdir / f"rep{rep}" / variant.name.replace(" ", "-")
                 run = run_variant(variant, job, run_dir, settings.epochs, rep, settings.timeout_s)
                 runs.append(run)
