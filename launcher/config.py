@@ -83,6 +83,12 @@ def _positive_int(key: str, value: Any) -> int:
     return value
 
 
+def _seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(key, value, "must be a number of seconds > 0")
+    return float(value)
+
+
 def _cuda_device_count() -> int:
     import torch
 
@@ -199,9 +205,8 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
     cuda_devices = _cuda_device_count() if needs_cuda_probe else 0
     procs = _procs_per_node(cfg.get("gpus"), nodes, cuda_devices)
     backend = _backend(cfg.get("backend"), procs[node_rank], cuda_devices)
-    init_timeout = cfg.get("init_timeout")
-    if isinstance(init_timeout, bool) or not isinstance(init_timeout, (int, float)) or init_timeout <= 0:
-        raise ConfigError("init_timeout", init_timeout, "must be a number of seconds > 0")
+    init_timeout = _seconds("init_timeout", cfg.get("init_timeout"))
+    _seconds("collective_timeout", cfg.get("collective_timeout"))
     seed = cfg.get("seed")
     if not _is_int(seed) or seed < 0:
         raise ConfigError("seed", seed, "must be an integer >= 0")
@@ -223,7 +228,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
         master_addr=master_addr,
         master_port=master_port,
         backend=backend,
-        init_timeout_s=float(init_timeout),
+        init_timeout_s=init_timeout,
         seed=seed,
         dry_run=dry_run,
         mode=mode,

@@ -60,8 +60,9 @@ class IndexRecordingSynthetic(SyntheticClassification):
 class FaultyMLP(MLP):
     """An MLP that misbehaves at one training step, to test failures and resume.
 
-    ``action``: ``raise`` (an exception on ``rank``), or ``kill_job`` (rank ``rank`` SIGKILLs its
-    launcher, like a machine going down; ranks follow by their parent-death signal). With a
+    ``action``: ``raise`` (an exception on ``rank``), ``stall`` (rank ``rank`` stops responding
+    for a minute, like a hung peer), or ``kill_job`` (rank ``rank`` SIGKILLs its launcher, like a
+    machine going down; ranks follow by their parent-death signal). With a
     ``marker`` file the fault happens once: a resumed run finds the marker and trains normally.
     """
 
@@ -84,6 +85,8 @@ class FaultyMLP(MLP):
             if self.marker.exists():
                 return
             self.marker.write_text("faulted")
+        if self.action == "stall":
+            time.sleep(60)
         if self.action == "kill_job":
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(60)  # the parent-death signal ends us

@@ -20,6 +20,7 @@ BAD = [
     (["master_port=0"], "master_port=0"),
     (["nodes=2", "master_port=auto"], "master_port='auto'"),
     (["init_timeout=0"], "init_timeout=0"),
+    (["collective_timeout=-5"], "collective_timeout=-5"),
     (["script=/no/such/train.py"], "script='/no/such/train.py'"),
     (["resume=/no/such/last.pt"], "resume='/no/such/last.pt'"),
     (["launcher.max_restarts=-1"], "launcher.max_restarts=-1"),

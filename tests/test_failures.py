@@ -52,6 +52,17 @@ def test_exception_inside_the_trainer_names_the_rank_and_the_model_code(launcher
     wait_for_no_leftovers(launcher.job_ids[-1])
 
 
+def test_stalled_peer_fails_the_job_within_the_collective_timeout(launcher):
+    # Rank 1 hangs for 60 s; rank 0 waits in the gradient all-reduce for collective_timeout=4 s.
+    launch = launcher.run(*TINY, "collective_timeout=4", "model._target_=tests.plugins.FaultyMLP",
+                          "+model.fault_step=3", "+model.rank=1", "+model.action=stall")
+    assert launch.returncode == 1, launch.stderr
+    assert launch.elapsed_s < 30, f"took {launch.elapsed_s:.0f}s: the collective timeout was not applied"
+    assert f"rank 0 on host {HOST} failed first" in launch.stderr
+    assert "timed out" in launch.stderr.split("failed first", 1)[1].lower()
+    wait_for_no_leftovers(launcher.job_ids[-1])
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_every_rank_and_dataloader_worker(launcher, tmp_path, mode, signum):

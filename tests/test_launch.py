@@ -95,9 +95,9 @@ def test_data_prepared_exactly_once_per_scope(launcher, tmp_path, scope):
 
 
 def test_waiting_ranks_outlast_the_collective_timeout_while_data_is_prepared(launcher, tmp_path):
-    # Rank 0 prepares for 8 s; the process group's timeout is 3 s. The others must keep waiting.
-    launch = launcher.run(*TINY, "init_timeout=3", "data.dataset._target_=tests.plugins.CountingSynthetic",
-                          "+data.dataset.delay_s=8", f"data.root={tmp_path / 'cache'}")
+    # Rank 0 prepares for 10 s; collectives time out after 4 s. The others must keep waiting.
+    launch = launcher.run(*TINY, "collective_timeout=4", "data.dataset._target_=tests.plugins.CountingSynthetic",
+                          "+data.dataset.delay_s=10", f"data.root={tmp_path / 'cache'}")
     assert_ok(launch)
     assert launch.summary()["global_step"] > 0
 

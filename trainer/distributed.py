@@ -49,9 +49,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _set_collective_timeout(timeout: timedelta) -> None:
+    # Public since torch 2.10; the older private spelling does the same.
+    setter = getattr(dist, "set_timeout", None) or dist.distributed_c10d._set_pg_timeout
+    setter(timeout)
+
+
 @contextlib.contextmanager
-def process_group(env: DistEnv, backend: str, timeout_s: float) -> Iterator[None]:
-    """``init_process_group`` over ``env://``; always destroyed, also when training raises."""
+def process_group(env: DistEnv, backend: str, init_timeout_s: float,
+                  collective_timeout_s: float) -> Iterator[None]:
+    """``init_process_group`` over ``env://``; always destroyed, also when training raises.
+
+    Two bounds instead of torch's one 30-minute default: ``init_timeout_s`` for every rank to
+    join, then ``collective_timeout_s`` for any one collective (a dead peer or a cut link).
+    """
     os.environ.setdefault("MASTER_ADDR", env.master_addr)
     os.environ.setdefault("MASTER_PORT", str(env.master_port))
     dist.init_process_group(
@@ -59,8 +70,9 @@ def process_group(env: DistEnv, backend: str, timeout_s: float) -> Iterator[None
         init_method="env://",
         rank=env.rank,
         world_size=env.world_size,
-        timeout=timedelta(seconds=timeout_s),
+        timeout=timedelta(seconds=init_timeout_s),
     )
+    _set_collective_timeout(timedelta(seconds=collective_timeout_s))
     try:
         yield
     except BaseException:

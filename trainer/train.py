@@ -145,7 +145,7 @@ def train(cfg: DictConfig) -> None:
     device = select_device(backend, env)
     threads = limit_cpu_threads(env)
 
-    with process_group(env, backend, cfg.init_timeout):
+    with process_group(env, backend, cfg.init_timeout, cfg.collective_timeout):
         log.info("rank %d/%d up: backend=%s device=%s threads/rank=%d", env.rank, env.world_size,
                  backend, device, threads)
         seed_everything(cfg.seed)
