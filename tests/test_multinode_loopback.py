@@ -1,0 +1,63 @@
+"""Two launcher processes on 127.0.0.1 acting as two nodes (the same command, another node_rank)."""
+
+import subprocess
+
+import pytest
+
+from launcher.network import free_port
+from tests.conftest import DDP_SCRIPT, TINY, assert_ok, wait_for_no_leftovers
+
+MODES = ["torchrun", "mp_spawn"]
+
+
+def run_nodes(launcher, tmp_path, gpus, *overrides, timeout_s=120):
+    """Start node 1 first (it waits for node 0), then node 0; wait for both."""
+    port = free_port("127.0.0.1")
+    common = ["nodes=2", f"gpus={gpus}", f"master_port={port}", *overrides]
+    procs = {}
+    for node in (1, 0):
+        procs[node] = launcher.start(*common, f"node_rank={node}", run_dir=tmp_path / f"node{node}")
+    results = {}
+    for node, (proc, job_id) in procs.items():
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired as hung:
+            for other, _ in procs.values():
+                other.kill()
+            raise AssertionError(f"node {node} did not finish within {timeout_s}s") from hung
+        results[node] = (proc.returncode, err, job_id)
+    return results
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_heterogeneous_two_nodes(launcher, tmp_path, mode):
+    results = run_nodes(launcher, tmp_path, "[2,1]", f"launcher={mode}", *TINY)
+    for node, (code, err, job_id) in results.items():
+        assert code == 0, f"node {node} failed:\n{err[-3000:]}"
+        wait_for_no_leftovers(job_id)
+    summary = (tmp_path / "node0" / "summary.json").read_text()
+    assert '"world_size": 3' in summary and '"nodes": 2' in summary
+    assert '"gpus_per_node": [\n    2,\n    1\n  ]' in summary
+    assert not (tmp_path / "node1" / "summary.json").exists(), "only global rank 0 writes results"
+
+
+def test_two_nodes_train_exactly_like_one_node_of_the_same_world_size(launcher, tmp_path):
+    two_nodes = run_nodes(launcher, tmp_path, "1", *TINY)
+    assert all(code == 0 for code, _, _ in two_nodes.values())
+    one_node = launcher.run(*TINY, "gpus=2", run_dir=tmp_path / "single")
+    assert_ok(one_node)
+    multi = (tmp_path / "node0" / "summary.json").read_text()
+    assert one_node.summary()["weights_sha256"] in multi
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rank_crash_on_node_1_fails_both_nodes(launcher, tmp_path, mode):
+    results = run_nodes(launcher, tmp_path, "[2,1]", f"launcher={mode}", f"script={DDP_SCRIPT}",
+                        f"script_args=[{tmp_path / 'out'},--fail-rank,2]", "init_timeout=30",
+                        "collective_timeout=10")
+    code1, err1, _ = results[1]
+    assert code1 == 1 and "rank 2 on host" in err1 and "deliberate failure on rank 2" in err1, err1
+    code0, err0, _ = results[0]
+    assert code0 != 0, "node 0 must not report success when node 1 failed"
+    for _, _, job_id in results.values():
+        wait_for_no_leftovers(job_id)
