@@ -13,11 +13,3 @@ class ConfigError(Exception):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid config: {key}={value!r}: {allowed}")
-
-
-class JobFailed(Exception):
-    """The job ran and failed; the message already names what failed where."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
