@@ -16,7 +16,7 @@ from launcher import plan
 from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV
 from launcher.config import JobConfig, load_job_config, resolved_config
 from launcher.environments import LocalEnvironment, detect
-from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
+from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, StartFailed
 from launcher.failures import FAILURE_FILE, first_failure, write_failure
 from launcher.modes import get_mode
 from launcher.supervise import Interrupted, supervised
@@ -85,6 +85,9 @@ def launch(job: JobConfig) -> int:
         except Interrupted as stop:
             log.error("interrupted (%s): stopped every rank", stop)
             return 128 + stop.signum
+        except StartFailed as why:
+            log.error("job failed to start: %s", why)
+            return 1
         failure = first_failure(Path(error_dir), exits)
     if failure is None:
         log.info("all ranks finished")

@@ -13,3 +13,7 @@ class ConfigError(Exception):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid config: {key}={value!r}: {allowed}")
+
+
+class StartFailed(Exception):
+    """The ranks could not be started or could not find each other; the message says why."""

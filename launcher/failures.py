@@ -12,13 +12,15 @@ from pathlib import Path
 
 TRACEBACK_LINES = 15
 FAILURE_FILE = "failure.json"
-# Errors a rank raises because a peer died: symptoms, never the root cause while another rank
-# raised something else or died without raising.
-_PEER_LOST = re.compile(
+# Errors a rank raises because a peer died or never came: symptoms, never the root cause while
+# another rank raised something else or died without raising.
+_SYMPTOM = re.compile(
     r"Connection (closed|reset) by peer|Broken pipe|remote (worker|process)|"
-    r"communicator was aborted|DistNetworkError",
+    r"communicator was aborted|DistNetworkError|wait timeout after",
     re.IGNORECASE,
 )
+# The store's own account of a job that never assembled: the best explanation there is.
+JOINED = re.compile(r"(\d+)/(\d+) clients joined")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class RankFailure:
         if not how and self.exit_code is not None:
             how = _exit_description(self.exit_code)
         lines = [f"rank {self.rank} on host {self.host} failed first: {how}"]
+        joined = JOINED.search(self.error)
+        if joined:
+            lines.append(f"only {joined.group(1)} of {joined.group(2)} ranks joined: check that every "
+                         "node was started, with the same nodes, gpus, master_addr and master_port")
         if self.traceback:
             tail = self.traceback.rstrip().splitlines()[-TRACEBACK_LINES:]
             lines.append(f"--- last {len(tail)} lines of rank {self.rank}'s traceback ---")
@@ -73,14 +79,16 @@ def recorded_failures(error_dir: Path) -> list[RankFailure]:
 
 
 def first_failure(error_dir: Path, exits: dict[int, tuple[int, float]]) -> RankFailure | None:
-    """The root cause, in this order: the earliest exception that is not a lost peer; else the
-    earliest rank that died without raising (a signal, ``os._exit``); else the earliest exception.
+    """The root cause, in this order: a rank reporting that not everyone joined; the earliest
+    exception that is not a symptom (lost peer, store wait); the earliest rank that died without
+    raising (a signal, ``os._exit``); else the earliest exception.
 
     ``exits`` maps global rank to (exit code, time seen) for the ranks the launch mode saw fail
     before it stopped the others; ranks that died without raising only show up there.
     """
     recorded = recorded_failures(error_dir)
-    causes = [failure for failure in recorded if not _PEER_LOST.search(failure.error)]
+    joins = [failure for failure in recorded if JOINED.search(failure.error)]
+    causes = joins or [failure for failure in recorded if not _SYMPTOM.search(failure.error)]
     silent = {rank: seen for rank, seen in exits.items() if rank not in {f.rank for f in recorded}}
     if not causes and silent:
         rank, (code, seen) = min(silent.items(), key=lambda item: (item[1][1], item[0]))

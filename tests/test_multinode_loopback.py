@@ -61,3 +61,16 @@ def test_rank_crash_on_node_1_fails_both_nodes(launcher, tmp_path, mode):
     assert code0 != 0, "node 0 must not report success when node 1 failed"
     for _, _, job_id in results.values():
         wait_for_no_leftovers(job_id)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("torchrun", "only 1 of 2 nodes joined"),
+                                                ("mp_spawn", "only 2 of 4 ranks joined")])
+def test_node_that_never_joins_fails_the_others_within_init_timeout(launcher, mode, expected):
+    port = free_port("127.0.0.1")
+    launch = launcher.run(f"launcher={mode}", "nodes=2", "node_rank=0", f"master_port={port}",
+                          "init_timeout=5", timeout_s=60)
+    assert launch.returncode == 1, launch.stderr
+    assert launch.elapsed_s < 5 + 15, f"took {launch.elapsed_s:.0f}s with init_timeout=5"
+    assert expected in launch.stderr, launch.stderr[-2000:]
+    assert "Error executing job" not in launch.stderr, "the launcher must report it, not crash"
+    wait_for_no_leftovers(launcher.job_ids[-1])

@@ -12,6 +12,8 @@ import shlex
 import sys
 
 from launcher.config import JobConfig
+from launcher.errors import StartFailed
+from launcher.failures import JOINED
 from launcher.supervise import Interrupted
 
 CHILD_MODULE = "launcher.child"
@@ -42,9 +44,21 @@ def command_line(job: JobConfig) -> str:
     return shlex.join([sys.executable, "-m", "torch.distributed.run", *options, "--module", *worker])
 
 
+def _rendezvous_failure(job: JobConfig, error: Exception) -> str:
+    where = f"{job.master_addr}:{job.master_port}"
+    joined = JOINED.search(str(error))
+    if joined:
+        return (f"only {joined.group(1)} of {joined.group(2)} nodes joined the rendezvous at {where} "
+                f"within init_timeout={job.init_timeout_s:g}s")
+    return (f"node {job.node_rank} could not rendezvous at {where} within "
+            f"init_timeout={job.init_timeout_s:g}s: {type(error).__name__}: {error}")
+
+
 def run(job: JobConfig) -> dict[int, tuple[int, float]]:
+    from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # The agent narrates every step and logs each worker failure; the launcher reports the root
@@ -66,6 +80,8 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     )
     try:
         elastic_launch(config, sys.executable)(*worker_args(job))
+    except (DistError, RendezvousError) as no_rendezvous:
+        raise StartFailed(_rendezvous_failure(job, no_rendezvous)) from None
     except ChildFailedError as failed:
         return {rank: (failure.exitcode, failure.timestamp) for rank, failure in failed.failures.items()}
     except SignalException as signalled:
