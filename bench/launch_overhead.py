@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -269,8 +268,6 @@ def markdown(meta: dict[str, object], stats: dict[str, dict[str, float]],
 
 def bench(settings: Settings) -> tuple[dict[str, object], str]:
     """Warm up every variant once (untimed; also creates the data set), then alternate R rounds."""
-    if importlib.util.find_spec("launcher") is None:
-        raise BenchError("`launcher` is not importable: run with the project's venv (pip install -e .)")
     loadavg_start = os.getloadavg()[0]
     if loadavg_start > BUSY_LOAD_PER_CPU * len(os.sched_getaffinity(0)):
         print(f"warning: load average {loadavg_start:.2f} at start: something else is running, "

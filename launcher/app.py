@@ -71,8 +71,8 @@ def launch(job: JobConfig) -> int:
                 "NODE_RANK": str(job.node_rank),
             }
         )
-        # Set before any rank starts, identically in both modes: OpenMP threads created before a
-        # later torch.set_num_threads() keep spinning and cost about 5% throughput on a busy node.
+        # Set before any rank starts, identically in both modes (torchrun would export 1, spawn
+        # nothing), so every rank's OpenMP pool is sized before torch starts a thread.
         os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
         log.info(
             "starting %d rank(s) on node %d of %d (world size %d, %s, %s) in %s",

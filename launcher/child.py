@@ -112,7 +112,13 @@ def fail_fast(error: BaseException) -> None:
 def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,
                      master_addr: str, master_port: int, kind: str, name: str,
                      args: list[str]) -> None:
-    """``torch.multiprocessing`` entry: become one rank, then run the target."""
+    """``torch.multiprocessing`` entry: become one rank, then run the target.
+
+    Each rank gets its own session, as torchrun's workers do: with the kernel's autogroup
+    scheduling, ranks sharing the launcher's session also share one slice of the CPU. The launcher
+    (still the parent, still the subreaper) stops them on Ctrl-C.
+    """
+    os.setsid()
     os.environ.update(rank_info(procs_per_node, node_rank, local_rank).env())
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
     run_target(kind, name, args)
