@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import DDP_SCRIPT, TINY, wait_for, wait_for_no_leftovers
+from tests.conftest import DDP_SCRIPT, TINY, job_processes, wait_for, wait_for_no_leftovers
 
 MODES = ["torchrun", "mp_spawn"]
 HOST = socket.gethostname()
@@ -73,8 +73,6 @@ def test_signal_stops_every_rank_and_dataloader_worker(launcher, tmp_path, mode,
         wait_for(lambda: all((out / f"hanging_{rank}").exists() for rank in (0, 1)), 60,
                  "both ranks to start their DataLoader workers")
         # 2 ranks, each with 2 workers, are running (plus helpers such as the launcher itself).
-        from tests.conftest import job_processes
-
         assert len(job_processes(job_id)) >= 7
         proc.send_signal(signum)
         try:

@@ -50,6 +50,10 @@ class Progress:
     train_samples: int = 0  # this rank's samples over the whole run
     first_step_unix_s: float = 0.0  # when this rank finished its first optimizer step
 
+    def start_epoch(self, epoch: int) -> Progress:
+        """The same run, at the beginning of ``epoch``: the epoch-local counters start over."""
+        return replace(self, epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_samples=0)
+
 
 def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
                   device: torch.device) -> tuple[DataLoader, DataLoader, ResumableDistributedSampler]:
@@ -183,7 +187,7 @@ def train(cfg: DictConfig) -> None:
                 log.warning("checkpoint from world size %d, now %d: RNG streams not restored, "
                             "epoch %d restarts from its beginning", state["world_size"],
                             env.world_size, progress.epoch)
-                progress = replace(progress, step_in_epoch=0, epoch_loss_sum=0.0, epoch_samples=0)
+                progress = progress.start_epoch(progress.epoch)
             log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
                      progress.epoch, progress.step_in_epoch, progress.global_step)
         metrics_path = run_dir / "metrics.jsonl"
@@ -238,9 +242,7 @@ def train(cfg: DictConfig) -> None:
             }
             log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f lr=%.4g", epoch + 1,
                      epochs, record["train_loss"], val_loss, val_acc, record["lr"])
-            progress = Progress(epoch=epoch + 1, global_step=progress.global_step,
-                                train_time_s=progress.train_time_s, train_samples=progress.train_samples,
-                                first_step_unix_s=progress.first_step_unix_s)
+            progress = progress.start_epoch(epoch + 1)
             if every_epochs and (epoch + 1) % every_epochs == 0:
                 save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
             if env.is_main:
