@@ -1,9 +1,9 @@
 """Entry point of every rank process: run the target and leave a record if it fails.
 
 Users never decorate anything: whatever the target raises is written, with its traceback, host,
-rank and a precise time, to ``$LAUNCHER_ERROR_DIR/rank_<RANK>.json``. The launcher reads those
-records to name the rank that failed first. The process also asks the kernel to kill it when its
-parent dies, so a launcher killed with SIGKILL leaves no rank behind.
+rank, attempt and a precise time, to ``$LAUNCHER_ERROR_DIR/rank_<RANK>.attempt_<N>.json``. The
+launcher reads those records to name the rank that failed first. The process also asks the kernel
+to kill it when its parent dies, so a launcher killed with SIGKILL leaves no rank behind.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import faulthandler
+import importlib
 import json
 import os
 import runpy
@@ -65,7 +66,7 @@ def record_failure(error: BaseException) -> None:
         "error": f"{type(error).__name__}: {error}",
         "traceback": _user_traceback(error),
     }
-    path = Path(error_dir) / f"rank_{rank}.json"
+    path = Path(error_dir) / f"rank_{rank}.attempt_{record['restart']}.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
@@ -73,11 +74,42 @@ def record_failure(error: BaseException) -> None:
         pass  # reporting must never mask the original error
 
 
+def isolate_restarted_attempt() -> None:
+    """Give a restarted torchrun attempt its own namespace in the agent's store.
+
+    torchrun hands restarted workers the agent's store, which still holds the first attempt's keys
+    (among them the socket addresses of dead ranks), so ``init_process_group`` connects to ghosts
+    and fails or hangs (pytorch#135712; still so in torch 2.15). Prefixing every ``env://`` store
+    with the attempt number fixes it for the trainer and for users' scripts alike. It replaces
+    torch's registered ``env`` handler, a private table: if that ever moves, restarts are left as
+    torch does them, and the restart test says so.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    from torch.distributed import PrefixStore
+
+    # ``import torch.distributed.rendezvous as m`` would bind the function of that name.
+    rendezvous = importlib.import_module("torch.distributed.rendezvous")
+
+    handlers = getattr(rendezvous, "_rendezvous_handlers", None)
+    if not isinstance(handlers, dict) or "env" not in handlers:
+        return
+    env_handler = handlers.pop("env")
+
+    def per_attempt_env_handler(url: str, **kwargs: object):  # noqa: ANN202 (a generator, as torch's)
+        for store, rank, world_size in env_handler(url, **kwargs):
+            yield PrefixStore(f"launcher_attempt_{attempt}", store), rank, world_size
+
+    rendezvous.register_rendezvous_handler("env", per_attempt_env_handler)
+
+
 def run_target(kind: str, name: str, args: list[str]) -> None:
     """Run a module or script as ``__main__`` in this process, the way ``python`` would."""
     faulthandler.enable()
     parent = os.environ.get(PARENT_PID_ENV)
     die_with_parent(int(parent) if parent else None)
+    isolate_restarted_attempt()
     sys.argv = [name, *args]
     try:
         if kind == "module":
@@ -125,8 +157,14 @@ def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,
 
 
 def main(argv: list[str]) -> None:
-    """``python -m launcher.child module NAME ARGS...`` or ``... script PATH ARGS...``."""
+    """``python -m launcher.child module NAME ARGS...`` or ``... script PATH ARGS...``.
+
+    torchrun's workers start here. The agent calls the node's rank GROUP_RANK; scripts written for
+    ``torchrun --node-rank`` read NODE_RANK, so export it under both names.
+    """
     kind, name, *args = argv
+    if "GROUP_RANK" in os.environ:
+        os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
     run_target(kind, name, args)
 
 

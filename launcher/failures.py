@@ -31,6 +31,7 @@ class RankFailure:
     time: float
     error: str
     traceback: str = ""
+    attempt: int = 0  # torchrun restart count when it failed
 
     def describe(self) -> str:
         how = self.error
@@ -73,6 +74,7 @@ def recorded_failures(error_dir: Path) -> list[RankFailure]:
                 time=record["time"],
                 error=record["error"],
                 traceback=record["traceback"],
+                attempt=record.get("restart", 0),
             )
         )
     return sorted(failures, key=lambda failure: failure.time)
@@ -84,18 +86,24 @@ def first_failure(error_dir: Path, exits: dict[int, tuple[int, float]]) -> RankF
     raising (a signal, ``os._exit``); else the earliest exception.
 
     ``exits`` maps global rank to (exit code, time seen) for the ranks the launch mode saw fail
-    before it stopped the others; ranks that died without raising only show up there.
+    before it stopped the others; ranks that died without raising only show up there. Empty
+    ``exits`` means the job succeeded (perhaps after restarts): no failure, whatever was recorded.
+    Only the last attempt's records explain a failed job.
     """
+    if not exits:
+        return None
     recorded = recorded_failures(error_dir)
+    last_attempt = max((failure.attempt for failure in recorded), default=0)
+    recorded = [failure for failure in recorded if failure.attempt == last_attempt]
     joins = [failure for failure in recorded if JOINED.search(failure.error)]
     causes = joins or [failure for failure in recorded if not _SYMPTOM.search(failure.error)]
     silent = {rank: seen for rank, seen in exits.items() if rank not in {f.rank for f in recorded}}
     if not causes and silent:
         rank, (code, seen) = min(silent.items(), key=lambda item: (item[1][1], item[0]))
         return RankFailure(rank, socket.gethostname(), code, seen, "")
-    first = (causes or recorded or [None])[0]
-    if first is None:
+    if not (causes or recorded):
         return None
+    first = (causes or recorded)[0]
     return replace(first, exit_code=exits.get(first.rank, (None, 0.0))[0])
 
 

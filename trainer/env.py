@@ -17,6 +17,7 @@ class DistEnv:
     node_rank: int
     master_addr: str
     master_port: int
+    restart: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: 0 on the first attempt
 
     @property
     def is_main(self) -> bool:
@@ -44,6 +45,7 @@ class DistEnv:
             node_rank=int(environ.get("NODE_RANK", environ.get("GROUP_RANK", "0"))),
             master_addr=environ["MASTER_ADDR"],
             master_port=int(environ["MASTER_PORT"]),
+            restart=int(environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
         )
 
 

@@ -96,12 +96,18 @@ def checkpoint_path(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.pt"
 
 
-def resume_from(cfg: DictConfig, run_dir: Path) -> Path | None:
-    if cfg.resume in (None, "none"):
+def resume_from(cfg: DictConfig, run_dir: Path, restart: int) -> Path | None:
+    """The checkpoint to start from (read on rank 0 only).
+
+    A restarted attempt (torchrun ``max_restarts``, ``restart`` > 0) always continues from this
+    job's own last checkpoint when there is one: restarting from scratch, or from the checkpoint
+    the first attempt was started from, would throw the work done since away.
+    """
+    own = checkpoint_path(run_dir)
+    if (cfg.resume == "auto" or restart > 0) and own.exists():
+        return own
+    if cfg.resume in (None, "none", "auto"):
         return None
-    if cfg.resume == "auto":
-        path = checkpoint_path(run_dir)
-        return path if path.exists() else None
     return Path(cfg.resume)
 
 
@@ -172,7 +178,7 @@ def train(cfg: DictConfig) -> None:
 
         # Resume: rank 0 reads, everyone restores the same state (and its own RNG).
         progress = Progress()
-        state = checkpoint.load_on_rank0(resume_from(cfg, run_dir))
+        state = checkpoint.load_on_rank0(resume_from(cfg, run_dir, env.restart))
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -262,6 +268,7 @@ def train(cfg: DictConfig) -> None:
             "backend": backend,
             "launcher": OmegaConf.select(cfg, "launcher.name", default="external"),
             "epochs": epochs,
+            "restarts": env.restart,  # torchrun restarts this job needed (launcher.max_restarts)
             "global_step": progress.global_step,
             "val_loss": val_loss,
             "val_acc": val_acc,
