@@ -17,7 +17,7 @@ from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV
 from launcher.config import JobConfig, load_job_config, resolved_config
 from launcher.environments import LocalEnvironment, detect
 from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, StartFailed
-from launcher.failures import FAILURE_FILE, first_failure, write_failure
+from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
 from launcher.modes import get_mode
 from launcher.supervise import Interrupted, supervised
 
@@ -68,17 +68,15 @@ def launch(job: JobConfig) -> int:
                 ERROR_DIR_ENV: error_dir,
                 PARENT_PID_ENV: str(os.getpid()),
                 JOB_ID_ENV: os.environ.get(JOB_ID_ENV, uuid.uuid4().hex),
-                "NODE_RANK": str(job.node_rank),
+                **job.network_env(),
             }
         )
         # Set before any rank starts, identically in both modes (torchrun would export 1, spawn
         # nothing), so every rank's OpenMP pool is sized before torch starts a thread.
         os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
-        log.info(
-            "starting %d rank(s) on node %d of %d (world size %d, %s, %s) in %s",
-            job.local_world_size, job.node_rank, job.nodes, job.world_size, job.mode.name,
-            job.backend, job.run_dir,
-        )
+        log.info("starting %d rank(s) on %s (%s, %s, local_addr %s, interface %s) in %s",
+                 job.local_world_size, plan.node_place(job), job.mode.name, job.backend,
+                 job.local_addr, job.socket_ifname or "as in the environment", job.run_dir)
         try:
             with supervised(job.mode.shutdown_grace_s):
                 exits = get_mode(job.mode.name).run(job)
@@ -89,7 +87,11 @@ def launch(job: JobConfig) -> int:
             log.error("job failed to start: %s", why)
             return 1
         failure = first_failure(Path(error_dir), exits)
+        recovered_from = recorded_failures(Path(error_dir)) if failure is None else []
     if failure is None:
+        if recovered_from:
+            log.warning("recovered by %d restart(s) from: %s",
+                        max(f.attempt for f in recovered_from) + 1, recovered_from[0].describe())
         log.info("all ranks finished")
         return 0
     write_failure(job.run_dir, failure)

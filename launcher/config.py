@@ -7,6 +7,7 @@ line on stderr (exit code 2) and never a half-started job or an overwritten run 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,20 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launcher.errors import ConfigError
-from launcher.network import PortUnavailable, check_port_free, free_port
+from launcher.network import (
+    PortUnavailable,
+    check_port_free,
+    free_port,
+    interface_names,
+    interface_of,
+    is_local_address,
+    route_source_address,
+)
 
 MODES = ("torchrun", "mp_spawn")
+RENDEZVOUS = ("static", "c10d")
 BACKENDS = ("auto", "nccl", "gloo")
+SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 CPU_PROCESSES_WITHOUT_GPU = 2
 TRAINER_MODULE = "trainer"
 
@@ -43,6 +54,9 @@ class ModeConfig:
     monitor_interval_s: float = 0.1
     shutdown_grace_s: float = 10.0
     start_method: str = "spawn"
+    rdzv: str = "static"
+    rdzv_endpoint: str | None = None
+    rdzv_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,20 @@ class JobConfig:
     mode: ModeConfig
     target: Target
     run_dir: Path
+    local_addr: str  # this node's address as the other nodes reach it
+    socket_ifname: str | None  # exported as GLOO/NCCL_SOCKET_IFNAME; None: leave them as they are
+    rdzv_endpoint: str  # host:port of the rendezvous store
+    rdzv_id: str  # the run id every node passes to the rendezvous
+
+    @property
+    def ranks_from_rendezvous(self) -> bool:
+        """With c10d rendezvous, node ranks (hence global ranks) are assigned as nodes join."""
+        return self.mode.rdzv == "c10d"
+
+    def network_env(self) -> dict[str, str]:
+        if self.socket_ifname is None:
+            return {}
+        return {variable: self.socket_ifname for variable in SOCKET_IFNAME_VARIABLES}
 
     @property
     def world_size(self) -> int:
@@ -131,7 +159,9 @@ def _backend(requested: Any, local_procs: int, cuda_devices: int) -> str:
     return requested
 
 
-def _master_port(value: Any, nodes: int, master_addr: str) -> int:
+def _master_port(value: Any, nodes: int, master_addr: str, hosts_store: bool) -> int:
+    """The port of the rank-0 store. The node that hosts it checks, before starting anything, that
+    ``master_addr`` is one of its addresses and the port is free there."""
     if value == "auto":
         if nodes > 1:
             raise ConfigError(
@@ -143,11 +173,15 @@ def _master_port(value: Any, nodes: int, master_addr: str) -> int:
             raise ConfigError("master_addr", master_addr, f"cannot bind a port on it ({err})") from err
     if not _is_int(value) or not 1 <= value <= 65535:
         raise ConfigError("master_port", value, "allowed: auto or an integer in 1-65535")
-    if nodes == 1:
+    if hosts_store:
         try:
             check_port_free(master_addr, value)
         except PortUnavailable as why:
-            raise ConfigError("master_port", value, f"{why}; pick another port or use master_port=auto") from why
+            if why.foreign_address:
+                raise ConfigError("master_addr", master_addr,
+                                  f"node_rank 0 hosts the rendezvous there, but {why}") from why
+            advice = "pick another port" + (" or use master_port=auto" if nodes == 1 else "")
+            raise ConfigError("master_port", value, f"{why}; {advice}") from why
     return value
 
 
@@ -191,7 +225,57 @@ def _mode(cfg: Any) -> ModeConfig:
         raise ConfigError("launcher.max_restarts", mode.max_restarts, "must be an integer >= 0")
     if mode.name == "mp_spawn" and mode.max_restarts:
         raise ConfigError("launcher.max_restarts", mode.max_restarts, "restarts need launcher=torchrun")
+    if mode.rdzv not in RENDEZVOUS:
+        raise ConfigError("launcher.rdzv", mode.rdzv, f"allowed: {', '.join(RENDEZVOUS)}")
+    if mode.name == "mp_spawn" and mode.rdzv != "static":
+        raise ConfigError("launcher.rdzv", mode.rdzv, "dynamic rendezvous needs launcher=torchrun")
     return mode
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6addr]:port``."""
+    host, sep, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError("launcher.rdzv_endpoint", endpoint, "allowed: HOST:PORT with a port in 1-65535")
+    return host, int(port)
+
+
+def _local_addr(value: Any, reach: str) -> str:
+    """This node's address as peers see it: given, or the source of this machine's route to ``reach``."""
+    if value != "auto":
+        if not is_local_address(str(value)):
+            raise ConfigError("local_addr", value, "is not an address of this machine; allowed: auto or one of its addresses")
+        return str(value)
+    try:
+        return route_source_address(reach)
+    except socket.gaierror as err:
+        raise ConfigError("master_addr", reach, f"cannot be resolved ({err.strerror})") from err
+    except OSError as err:
+        raise ConfigError("master_addr", reach, f"no route from this machine ({err.strerror}); "
+                          "check the address, or the network this node is on") from err
+
+
+def _socket_ifname(value: Any, local_addr: str, backend: str) -> str | None:
+    """The interface gloo/NCCL use: given, or the one holding ``local_addr``.
+
+    Left unset, gloo binds to whatever this machine's hostname resolves to; on many machines that
+    is 127.0.0.1, which the other nodes cannot reach.
+    """
+    if value is None:
+        return None
+    if value == "auto":
+        if any(os.environ.get(variable) for variable in SOCKET_IFNAME_VARIABLES):
+            return None  # the user's own environment says which interface
+        return interface_of(local_addr)
+    names = str(value)
+    if backend == "gloo":  # NCCL's syntax also allows prefixes (eth), exclusions (^docker) and =exact
+        unknown = [name for name in names.split(",") if name not in interface_names()]
+        if unknown:
+            raise ConfigError("socket_ifname", value,
+                              f"no interface {', '.join(unknown)} here; allowed: auto, null, or of "
+                              f"{', '.join(interface_names())}")
+    return names
 
 
 def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
@@ -201,6 +285,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
     if not _is_int(node_rank) or not 0 <= node_rank < nodes:
         raise ConfigError("node_rank", node_rank, f"allowed: an integer in [0, {nodes}) for nodes={nodes}")
     mode = _mode(cfg.get("launcher"))
+    if mode.rdzv == "c10d" and not (_is_int(cfg.get("gpus")) or cfg.get("gpus") == "auto"):
+        raise ConfigError("gpus", cfg.get("gpus"), "with launcher.rdzv=c10d nodes get their rank as they "
+                          "join: give each node its own count (gpus=2 on one, gpus=1 on another)")
     needs_cuda_probe = cfg.get("gpus") == "auto" or cfg.get("backend") in ("auto", "nccl")
     cuda_devices = _cuda_device_count() if needs_cuda_probe else 0
     procs = _procs_per_node(cfg.get("gpus"), nodes, cuda_devices)
@@ -220,7 +307,15 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
         raise ConfigError("resume", resume, "allowed: null, auto, or the path of an existing checkpoint")
     if not dry_run:
         _check_writable_dir("hydra.run.dir", run_dir)
-    master_port = _master_port(cfg.get("master_port"), nodes, master_addr)
+    static = mode.rdzv == "static"
+    if static or mode.rdzv_endpoint is None:
+        hosts_store = static and node_rank == 0 or nodes == 1
+        master_port = _master_port(cfg.get("master_port"), nodes, master_addr, hosts_store)
+        rdzv_host, rdzv_port = master_addr, master_port
+    else:
+        rdzv_host, rdzv_port = _split_endpoint(mode.rdzv_endpoint)
+        master_port = rdzv_port
+    local_addr = _local_addr(cfg.get("local_addr"), rdzv_host)
     return JobConfig(
         nodes=nodes,
         procs_per_node=procs,
@@ -234,6 +329,11 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
         mode=mode,
         target=target,
         run_dir=run_dir,
+        local_addr=local_addr,
+        socket_ifname=_socket_ifname(cfg.get("socket_ifname"), local_addr, backend),
+        rdzv_endpoint=f"[{rdzv_host}]:{rdzv_port}" if ":" in rdzv_host else f"{rdzv_host}:{rdzv_port}",
+        # Every node must name the same run: derive it from what they all share.
+        rdzv_id=mode.rdzv_id or f"launcher-{rdzv_host}-{rdzv_port}",
     )
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
+import struct
+from pathlib import Path
 
 
 def _bind(address: str, port: int) -> socket.socket:
@@ -28,6 +31,10 @@ def free_port(address: str) -> int:
 class PortUnavailable(Exception):
     """Why a port cannot be listened on here: in use, or the address is not this machine's."""
 
+    def __init__(self, message: str, foreign_address: bool = False) -> None:
+        super().__init__(message)
+        self.foreign_address = foreign_address
+
 
 def check_port_free(address: str, port: int) -> None:
     try:
@@ -37,7 +44,67 @@ def check_port_free(address: str, port: int) -> None:
         if err.errno == errno.EADDRINUSE:
             raise PortUnavailable(f"port {port} is already in use on {address}") from err
         if err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-            raise PortUnavailable(f"{address} is not an address of this machine") from err
+            raise PortUnavailable(f"{address} is not an address of this machine", True) from err
         if isinstance(err, socket.gaierror):
-            raise PortUnavailable(f"cannot resolve {address}: {err.strerror}") from err
+            raise PortUnavailable(f"cannot resolve {address}: {err.strerror}", True) from err
         raise PortUnavailable(f"cannot listen on {address}:{port}: {err.strerror}") from err
+
+
+def route_source_address(remote: str) -> str:
+    """The address this machine would send from to reach ``remote``: the one peers can reach.
+
+    Connecting a UDP socket only asks the kernel for a route; no packet leaves the machine.
+    Raises ``socket.gaierror`` when ``remote`` does not resolve, ``OSError`` when no route exists.
+    """
+    family, _, _, _, sockaddr = socket.getaddrinfo(remote, 9, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect(sockaddr)
+        return str(sock.getsockname()[0])
+
+
+def is_local_address(address: str) -> bool:
+    """Whether ``address`` (or what a hostname resolves to) belongs to this machine."""
+    try:
+        _bind(address, 0).close()
+    except OSError:
+        return False
+    return True
+
+
+def _ipv4_address_of(interface: str) -> str | None:
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            reply = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", interface.encode()[:15]))
+        except OSError:
+            return None  # no IPv4 address on this interface
+    return socket.inet_ntoa(reply[20:24])
+
+
+def _ipv6_addresses() -> dict[str, str]:
+    """Interface per IPv6 address, from /proc/net/if_inet6."""
+    found = {}
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        packed = bytes.fromhex(fields[0])
+        found[socket.inet_ntop(socket.AF_INET6, packed)] = fields[-1]
+    return found
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface that carries ``address`` on this machine (Linux), if any."""
+    resolved = socket.getaddrinfo(address, None)[0][4][0]
+    if ":" in resolved:
+        return _ipv6_addresses().get(resolved)
+    for _, name in socket.if_nameindex():
+        if _ipv4_address_of(name) == resolved:
+            return name
+    return None
+
+
+def interface_names() -> list[str]:
+    return [name for _, name in socket.if_nameindex()]

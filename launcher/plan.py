@@ -19,17 +19,29 @@ def _device(job: JobConfig, local_rank: int) -> str:
     return f"cuda:{local_rank}"
 
 
+def node_place(job: JobConfig) -> str:
+    """Where this node stands in the job, as far as it is known before the rendezvous."""
+    if job.ranks_from_rendezvous:
+        return (f"a node of {job.nodes} (node rank and global ranks assigned by the c10d "
+                f"rendezvous at {job.rdzv_endpoint}, job id {job.rdzv_id})")
+    return f"node {job.node_rank} of {job.nodes} (world size {job.world_size})"
+
+
 def describe(job: JobConfig) -> str:
+    gpus = job.local_world_size if job.ranks_from_rendezvous else list(job.procs_per_node)
+    interface = job.socket_ifname or "as in the environment"
     lines = [
-        f"dry run: launcher={job.mode.name} nodes={job.nodes} gpus={list(job.procs_per_node)} "
+        f"dry run: launcher={job.mode.name} rdzv={job.mode.rdzv} nodes={job.nodes} gpus={gpus} "
         f"backend={job.backend} run_dir={job.run_dir}",
+        f"  this node: {node_place(job)}",
+        f"  network: local_addr={job.local_addr} socket_ifname={interface}",
     ]
     for info in node_ranks(job.procs_per_node, job.node_rank):
-        lines.append(
-            f"  node_rank={info.node_rank} local_rank={info.local_rank} rank={info.rank} "
-            f"world_size={info.world_size} master={job.master_addr}:{job.master_port} "
-            f"device={_device(job, info.local_rank)}"
-        )
+        ranks = (f"local_rank={info.local_rank}" if job.ranks_from_rendezvous else
+                 f"node_rank={info.node_rank} local_rank={info.local_rank} rank={info.rank} "
+                 f"world_size={info.world_size}")
+        lines.append(f"  {ranks} master={job.master_addr}:{job.master_port} "
+                     f"device={_device(job, info.local_rank)}")
     lines.append(f"  command: {get_mode(job.mode.name).command_line(job)}")
     lines.append("nothing was started")
     return "\n".join(lines)

@@ -24,6 +24,14 @@ BAD = [
     (["script=/no/such/train.py"], "script='/no/such/train.py'"),
     (["resume=/no/such/last.pt"], "resume='/no/such/last.pt'"),
     (["launcher.max_restarts=-1"], "launcher.max_restarts=-1"),
+    (["local_addr=10.254.254.254"], "local_addr='10.254.254.254': is not an address of this machine"),
+    (["socket_ifname=nosuch0"], "socket_ifname='nosuch0': no interface nosuch0"),
+    (["launcher.rdzv=etcd"], "launcher.rdzv='etcd'"),
+    (["launcher=mp_spawn", "+launcher.rdzv=c10d"], "launcher.rdzv='c10d'"),
+    (["launcher.rdzv=c10d", "nodes=2", "gpus=[2,1]", "master_port=29500"], "gpus=[2, 1]"),
+    (["launcher.rdzv=c10d", "nodes=2", "launcher.rdzv_endpoint=nohostport"], "launcher.rdzv_endpoint="),
+    (["nodes=2", "master_port=29500", "master_addr=10.254.254.254"],
+     "master_addr='10.254.254.254': node_rank 0 hosts the rendezvous there"),
 ]
 
 

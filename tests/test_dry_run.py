@@ -31,3 +31,24 @@ def test_dry_run_mp_spawn_second_node_of_heterogeneous_job(launcher):
     assert "node_rank=1 local_rank=0 rank=2 world_size=3 master=10.0.0.1:29555" in lines[0]
     assert "start_processes" in launch.stdout and "nprocs=1" in launch.stdout
     assert not launch.run_dir.exists()
+
+
+def test_dry_run_on_each_node_prints_that_nodes_part(launcher):
+    common = ["dry_run=true", "nodes=2", "gpus=2", "master_port=29555"]
+    plans = {node: launcher.run(*common, f"node_rank={node}") for node in (0, 1)}
+    for node, launch in plans.items():
+        assert launch.returncode == 0, launch.stderr
+        ranks = [int(re.search(r" rank=(\d+)", line).group(1)) for line in rank_lines(launch.stdout)]
+        assert ranks == [2 * node, 2 * node + 1]
+        assert f"--node-rank={node}" in launch.stdout
+        assert "network: local_addr=127.0.0.1 socket_ifname=lo" in launch.stdout
+
+
+def test_dry_run_c10d_leaves_node_and_global_ranks_to_the_rendezvous(launcher):
+    launch = launcher.run("dry_run=true", "nodes=2", "gpus=2", "launcher.rdzv=c10d",
+                          "launcher.rdzv_endpoint=127.0.0.1:29400", "launcher.rdzv_id=job7")
+    assert launch.returncode == 0, launch.stderr
+    assert "assigned by the c10d rendezvous at 127.0.0.1:29400, job id job7" in launch.stdout
+    assert not rank_lines(launch.stdout), "global ranks are not known before the rendezvous"
+    assert "--rdzv-backend=c10d" in launch.stdout and "--node-rank" not in launch.stdout
+    assert "join_timeout=120" in launch.stdout

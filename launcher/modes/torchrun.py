@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import JOINED
 from launcher.supervise import Interrupted
+
+if TYPE_CHECKING:
+    from torch.distributed.launcher.api import LaunchConfig
 
 CHILD_MODULE = "launcher.child"
 
@@ -23,35 +27,79 @@ def worker_args(job: JobConfig) -> list[str]:
     return ["-u", "-m", CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
 
 
-def _agent_options(job: JobConfig) -> dict[str, object]:
-    return {
-        "nnodes": job.nodes,
-        "nproc-per-node": job.local_world_size,
-        "node-rank": job.node_rank,
-        "rdzv-backend": "static",
-        "master-addr": job.master_addr,
-        "master-port": job.master_port,
-        "rdzv-conf": f"timeout={int(job.init_timeout_s)}",
-        "max-restarts": job.mode.max_restarts,
-        "monitor-interval": job.mode.monitor_interval_s,
-    }
+def _rdzv_configs(job: JobConfig) -> dict[str, object]:
+    """Every rendezvous wait bounded by ``init_timeout`` (torch's defaults are ten minutes each)."""
+    if job.ranks_from_rendezvous:
+        # A node that cannot reach the store waits two store reads before giving up.
+        read_timeout = max(1, int(job.init_timeout_s / 2))
+        return {"join_timeout": int(job.init_timeout_s), "read_timeout": read_timeout,
+                "close_timeout": read_timeout}
+    return {"rank": job.node_rank}
+
+
+def launch_config(job: JobConfig) -> LaunchConfig:
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return LaunchConfig(
+        min_nodes=job.nodes,
+        max_nodes=job.nodes,
+        nproc_per_node=job.local_world_size,
+        run_id=job.rdzv_id,
+        rdzv_backend=job.mode.rdzv,
+        rdzv_endpoint=job.rdzv_endpoint,
+        rdzv_configs=_rdzv_configs(job),
+        rdzv_timeout=int(job.init_timeout_s),
+        max_restarts=job.mode.max_restarts,
+        monitor_interval=job.mode.monitor_interval_s,
+        start_method="spawn",
+        local_addr=job.local_addr,
+        shutdown_timeout=int(job.mode.shutdown_grace_s),
+    )
 
 
 def command_line(job: JobConfig) -> str:
     """The ``torchrun`` command this mode is equivalent to (it runs the agent in-process)."""
-    options = [f"--{key}={value}" for key, value in _agent_options(job).items()]
+    config = launch_config(job)
+    rdzv_conf = ",".join(f"{key}={value}" for key, value in config.rdzv_configs.items() if key != "rank")
+    options = {
+        "nnodes": job.nodes,
+        "nproc-per-node": config.nproc_per_node,
+        "rdzv-backend": config.rdzv_backend,
+        "rdzv-endpoint": config.rdzv_endpoint,
+        "rdzv-id": config.run_id,
+        "rdzv-conf": rdzv_conf,
+        "local-addr": config.local_addr,
+        "max-restarts": config.max_restarts,
+        "monitor-interval": config.monitor_interval,
+    }
+    if not job.ranks_from_rendezvous:
+        options["node-rank"] = job.node_rank
+    flags = [f"--{key}={value}" for key, value in options.items()]
     worker = [CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
-    return shlex.join([sys.executable, "-m", "torch.distributed.run", *options, "--module", *worker])
+    return shlex.join([sys.executable, "-m", "torch.distributed.run", *flags, "--module", *worker])
 
 
 def _rendezvous_failure(job: JobConfig, error: Exception) -> str:
-    where = f"{job.master_addr}:{job.master_port}"
+    from torch.distributed import DistNetworkError
+    from torch.distributed.elastic.rendezvous import (
+        RendezvousConnectionError,
+        RendezvousTimeoutError,
+    )
+
+    where = job.rdzv_endpoint
+    within = f"within init_timeout={job.init_timeout_s:g}s"
     joined = JOINED.search(str(error))
     if joined:
-        return (f"only {joined.group(1)} of {joined.group(2)} nodes joined the rendezvous at {where} "
-                f"within init_timeout={job.init_timeout_s:g}s")
-    return (f"node {job.node_rank} could not rendezvous at {where} within "
-            f"init_timeout={job.init_timeout_s:g}s: {type(error).__name__}: {error}")
+        return f"only {joined.group(1)} of {joined.group(2)} nodes joined the rendezvous at {where} {within}"
+    if isinstance(error, RendezvousTimeoutError):
+        return (f"fewer than {job.nodes} nodes joined the c10d rendezvous at {where} (job id "
+                f"{job.rdzv_id}) {within}: start every node with the same rdzv_endpoint and rdzv_id")
+    node = "this node" if job.ranks_from_rendezvous else f"node {job.node_rank}"
+    if isinstance(error, (DistNetworkError, RendezvousConnectionError)):
+        cause = error.__cause__ or error
+        return (f"{node} could not reach the rendezvous store at {where} {within} (is node 0 "
+                f"running, and are master_addr/master_port right?): {type(cause).__name__}: {cause}")
+    return f"{node} could not rendezvous at {where} {within}: {type(error).__name__}: {error}"
 
 
 def run(job: JobConfig) -> dict[int, tuple[int, float]]:
@@ -59,27 +107,13 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
     # The agent narrates every step and logs each worker failure; the launcher reports the root
     # cause itself (first failing rank, host, traceback), so keep the agent to critical messages.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    config = LaunchConfig(
-        min_nodes=job.nodes,
-        max_nodes=job.nodes,
-        nproc_per_node=job.local_world_size,
-        # Every node must name the same run: derive it from what they all share.
-        run_id=f"launcher-{job.master_addr}-{job.master_port}",
-        rdzv_backend="static",
-        rdzv_endpoint=f"{job.master_addr}:{job.master_port}",
-        rdzv_configs={"rank": job.node_rank, "timeout": int(job.init_timeout_s)},
-        max_restarts=job.mode.max_restarts,
-        monitor_interval=job.mode.monitor_interval_s,
-        start_method="spawn",
-        shutdown_timeout=int(job.mode.shutdown_grace_s),
-    )
     try:
-        elastic_launch(config, sys.executable)(*worker_args(job))
+        elastic_launch(launch_config(job), sys.executable)(*worker_args(job))
     except (DistError, RendezvousError) as no_rendezvous:
         raise StartFailed(_rendezvous_failure(job, no_rendezvous)) from None
     except ChildFailedError as failed:
@@ -87,6 +121,3 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     except SignalException as signalled:
         raise Interrupted(int(signalled.sigval)) from None
     return {}
-
-
-
