@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +101,9 @@ class Launcher:
         env.update(extra or {})
         return env
 
-    def command(self, run_dir: Path, overrides: tuple[str, ...]) -> list[str]:
-        return [sys.executable, "-m", "launcher", f"hydra.run.dir={run_dir}", *overrides]
+    def command(self, run_dir: Path, overrides: tuple[str, ...],
+                prefix: Sequence[str] = ()) -> list[str]:
+        return [*prefix, sys.executable, "-m", "launcher", f"hydra.run.dir={run_dir}", *overrides]
 
     def new_job_id(self) -> str:
         job_id = uuid.uuid4().hex
@@ -110,23 +111,25 @@ class Launcher:
         return job_id
 
     def run(self, *overrides: str, run_dir: Path | None = None, timeout_s: float = 180,
-            env: dict[str, str] | None = None) -> Launch:
+            env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Launch:
+        """Run to completion; ``prefix`` wraps the command (e.g. to run it in a namespace)."""
         run_dir = run_dir or self.workdir / "run"
         job_id = self.new_job_id()
         start = time.monotonic()
         try:
-            proc = subprocess.run(self.command(run_dir, overrides), cwd=self.workdir,
+            proc = subprocess.run(self.command(run_dir, overrides, prefix), cwd=self.workdir,
                                   env=self.env(job_id, env), capture_output=True, text=True,
                                   timeout=timeout_s)
         except subprocess.TimeoutExpired as hung:
             raise AssertionError(f"launcher did not finish within {timeout_s}s:\n{hung.stderr}") from hung
         return Launch(proc.returncode, proc.stdout, proc.stderr, run_dir, time.monotonic() - start)
 
-    def start(self, *overrides: str, run_dir: Path | None = None) -> tuple[subprocess.Popen, str]:
+    def start(self, *overrides: str, run_dir: Path | None = None,
+              prefix: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
         """Start in the background (own session, so a test can signal it like a terminal would)."""
         run_dir = run_dir or self.workdir / "run"
         job_id = self.new_job_id()
-        proc = subprocess.Popen(self.command(run_dir, overrides), cwd=self.workdir,
+        proc = subprocess.Popen(self.command(run_dir, overrides, prefix), cwd=self.workdir,
                                 env=self.env(job_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         return proc, job_id
@@ -143,6 +146,47 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
     runner = Launcher(tmp_path)
     yield runner
     runner.kill_leftovers()
+
+
+@dataclass
+class NodeResult:
+    returncode: int
+    stderr: str
+    job_id: str
+    elapsed_s: float
+
+
+def run_nodes(launcher: Launcher, run_root: Path, per_node: Sequence[Sequence[str]],
+              timeout_s: float = 120, prefix: Callable[[int], Sequence[str]] = lambda node: (),
+              started: Callable[[dict[int, subprocess.Popen]], None] | None = None,
+              ) -> dict[int, NodeResult]:
+    """Start one launcher per node (the last node first: the others wait for node 0), each with
+    its own overrides and run dir ``run_root/node<k>``; wait for all of them.
+
+    ``started`` is called with the running processes, for tests that act during the job.
+    """
+    procs = {}
+    begin = time.monotonic()
+    for node in reversed(range(len(per_node))):
+        procs[node] = launcher.start(*per_node[node], run_dir=run_root / f"node{node}",
+                                     prefix=prefix(node))
+    results = {}
+    try:
+        if started is not None:
+            started({node: proc for node, (proc, _) in procs.items()})
+        for node, (proc, job_id) in sorted(procs.items()):
+            remaining = max(1.0, timeout_s - (time.monotonic() - begin))
+            try:
+                _, err = proc.communicate(timeout=remaining)
+            except subprocess.TimeoutExpired as hung:
+                raise AssertionError(f"node {node} did not finish within {timeout_s}s") from hung
+            results[node] = NodeResult(proc.returncode, err, job_id, time.monotonic() - begin)
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return results
 
 
 def assert_ok(launch: Launch) -> None:

@@ -1,38 +1,27 @@
 """Two launcher processes on 127.0.0.1 acting as two nodes (the same command, another node_rank)."""
 
 import json
-import subprocess
 
 import pytest
 
 from launcher.network import free_port
-from tests.conftest import DDP_SCRIPT, TINY, assert_ok, wait_for_no_leftovers
+from tests.conftest import DDP_SCRIPT, TINY, assert_ok, run_nodes, wait_for_no_leftovers
 
 MODES = ["torchrun", "mp_spawn"]
 
 
-def run_nodes(launcher, tmp_path, gpus, *overrides, timeout_s=120):
-    """Start node 1 first (it waits for node 0), then node 0; wait for both."""
+def loopback_nodes(launcher, tmp_path, gpus, *overrides, timeout_s=120):
+    """Two nodes on 127.0.0.1: the same command, another node_rank."""
     port = free_port("127.0.0.1")
     common = ["nodes=2", f"gpus={gpus}", f"master_port={port}", *overrides]
-    procs = {}
-    for node in (1, 0):
-        procs[node] = launcher.start(*common, f"node_rank={node}", run_dir=tmp_path / f"node{node}")
-    results = {}
-    for node, (proc, job_id) in procs.items():
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired as hung:
-            for other, _ in procs.values():
-                other.kill()
-            raise AssertionError(f"node {node} did not finish within {timeout_s}s") from hung
-        results[node] = (proc.returncode, err, job_id)
-    return results
+    results = run_nodes(launcher, tmp_path, [[*common, f"node_rank={node}"] for node in (0, 1)],
+                        timeout_s=timeout_s)
+    return {node: (r.returncode, r.stderr, r.job_id) for node, r in results.items()}
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_heterogeneous_two_nodes(launcher, tmp_path, mode):
-    results = run_nodes(launcher, tmp_path, "[2,1]", f"launcher={mode}", *TINY)
+    results = loopback_nodes(launcher, tmp_path, "[2,1]", f"launcher={mode}", *TINY)
     for node, (code, err, job_id) in results.items():
         assert code == 0, f"node {node} failed:\n{err[-3000:]}"
         wait_for_no_leftovers(job_id)
@@ -43,7 +32,7 @@ def test_heterogeneous_two_nodes(launcher, tmp_path, mode):
 
 
 def test_two_nodes_train_exactly_like_one_node_of_the_same_world_size(launcher, tmp_path):
-    two_nodes = run_nodes(launcher, tmp_path, "1", *TINY)
+    two_nodes = loopback_nodes(launcher, tmp_path, "1", *TINY)
     assert all(code == 0 for code, _, _ in two_nodes.values())
     one_node = launcher.run(*TINY, "gpus=2", run_dir=tmp_path / "single")
     assert_ok(one_node)
@@ -54,7 +43,7 @@ def test_two_nodes_train_exactly_like_one_node_of_the_same_world_size(launcher, 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_rank_crash_on_node_1_fails_both_nodes(launcher, tmp_path, mode):
-    results = run_nodes(launcher, tmp_path, "[2,1]", f"launcher={mode}", f"script={DDP_SCRIPT}",
+    results = loopback_nodes(launcher, tmp_path, "[2,1]", f"launcher={mode}", f"script={DDP_SCRIPT}",
                         f"script_args=[{tmp_path / 'out'},--fail-rank,2]", "init_timeout=30",
                         "collective_timeout=10")
     code1, err1, _ = results[1]
@@ -76,3 +65,16 @@ def test_node_that_never_joins_fails_the_others_within_init_timeout(launcher, mo
     assert expected in launch.stderr, launch.stderr[-2000:]
     assert "Error executing job" not in launch.stderr, "the launcher must report it, not crash"
     wait_for_no_leftovers(launcher.job_ids[-1])
+
+
+def test_c10d_rendezvous_assigns_node_ranks_to_heterogeneous_nodes(launcher, tmp_path):
+    port = free_port("127.0.0.1")
+    common = ["nodes=2", "launcher.rdzv=c10d", f"launcher.rdzv_endpoint=127.0.0.1:{port}",
+              "launcher.rdzv_id=loopback", *TINY]
+    results = run_nodes(launcher, tmp_path, [[*common, "gpus=2"], [*common, "gpus=1"]])
+    for node, result in results.items():
+        assert result.returncode == 0, f"node {node} failed:\n{result.stderr[-3000:]}"
+        wait_for_no_leftovers(result.job_id)
+    summaries = [json.loads(path.read_text()) for path in tmp_path.glob("node*/summary.json")]
+    assert len(summaries) == 1, "exactly one node ran global rank 0"
+    assert summaries[0]["world_size"] == 3 and sorted(summaries[0]["gpus_per_node"]) == [1, 2]
