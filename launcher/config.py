@@ -241,18 +241,20 @@ def _split_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _local_addr(value: Any, reach: str) -> str:
-    """This node's address as peers see it: given, or the source of this machine's route to ``reach``."""
+def _local_addr(value: Any, reach: str, reach_key: str) -> str:
+    """This node's address as peers see it: given, or the source of this machine's route to
+    ``reach`` (the rendezvous host, configured as ``reach_key``)."""
     if value != "auto":
         if not is_local_address(str(value)):
-            raise ConfigError("local_addr", value, "is not an address of this machine; allowed: auto or one of its addresses")
+            raise ConfigError("local_addr", value,
+                              "is not an address of this machine; allowed: auto or one of its addresses")
         return str(value)
     try:
         return route_source_address(reach)
     except socket.gaierror as err:
-        raise ConfigError("master_addr", reach, f"cannot be resolved ({err.strerror})") from err
+        raise ConfigError(reach_key, reach, f"cannot be resolved ({err.strerror})") from err
     except OSError as err:
-        raise ConfigError("master_addr", reach, f"no route from this machine ({err.strerror}); "
+        raise ConfigError(reach_key, reach, f"no route from this machine ({err.strerror}); "
                           "check the address, or the network this node is on") from err
 
 
@@ -311,11 +313,11 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
     if static or mode.rdzv_endpoint is None:
         hosts_store = static and node_rank == 0 or nodes == 1
         master_port = _master_port(cfg.get("master_port"), nodes, master_addr, hosts_store)
-        rdzv_host, rdzv_port = master_addr, master_port
+        rdzv_host, rdzv_port, rdzv_key = master_addr, master_port, "master_addr"
     else:
         rdzv_host, rdzv_port = _split_endpoint(mode.rdzv_endpoint)
-        master_port = rdzv_port
-    local_addr = _local_addr(cfg.get("local_addr"), rdzv_host)
+        master_port, rdzv_key = rdzv_port, "launcher.rdzv_endpoint"
+    local_addr = _local_addr(cfg.get("local_addr"), rdzv_host, rdzv_key)
     return JobConfig(
         nodes=nodes,
         procs_per_node=procs,

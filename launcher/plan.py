@@ -37,11 +37,12 @@ def describe(job: JobConfig) -> str:
         f"  network: local_addr={job.local_addr} socket_ifname={interface}",
     ]
     for info in node_ranks(job.procs_per_node, job.node_rank):
-        ranks = (f"local_rank={info.local_rank}" if job.ranks_from_rendezvous else
-                 f"node_rank={info.node_rank} local_rank={info.local_rank} rank={info.rank} "
-                 f"world_size={info.world_size}")
-        lines.append(f"  {ranks} master={job.master_addr}:{job.master_port} "
-                     f"device={_device(job, info.local_rank)}")
+        if job.ranks_from_rendezvous:  # MASTER_ADDR/PORT too: the agent picks them at rendezvous
+            place = f"local_rank={info.local_rank}"
+        else:
+            place = (f"node_rank={info.node_rank} local_rank={info.local_rank} rank={info.rank} "
+                     f"world_size={info.world_size} master={job.master_addr}:{job.master_port}")
+        lines.append(f"  {place} device={_device(job, info.local_rank)}")
     lines.append(f"  command: {get_mode(job.mode.name).command_line(job)}")
     lines.append("nothing was started")
     return "\n".join(lines)
