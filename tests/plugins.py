@@ -58,10 +58,13 @@ class IndexRecordingSynthetic(SyntheticClassification):
 
 
 class FaultyMLP(MLP):
-    """An MLP that misbehaves at one training step, to test failures and resume.
+    """An MLP that misbehaves at one training-mode forward, to test failures and resume.
+
+    ``fault_step`` counts training-mode forwards in this process; the first one is the trainer's
+    gradient-bucket settling pass, so forward N is optimizer step N - 1.
 
     ``action``: ``raise`` (an exception on ``rank``), ``stall`` (rank ``rank`` stops responding
-    for a minute, like a hung peer), or ``kill_job`` (rank ``rank`` SIGKILLs its launcher, like a
+    for a minute, like a hung peer), ``usr1`` (rank ``rank`` gets Slurm's time-limit signal), or ``kill_job`` (rank ``rank`` SIGKILLs its launcher, like a
     machine going down; ranks follow by their parent-death signal). With a
     ``marker`` file the fault happens once: a resumed run finds the marker and trains normally.
     """
@@ -87,6 +90,9 @@ class FaultyMLP(MLP):
             self.marker.write_text("faulted")
         if self.action == "stall":
             time.sleep(60)
+        if self.action == "usr1":  # Slurm's "time limit near": the trainer checkpoints and stops
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
         if self.action == "kill_job":
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(60)  # the parent-death signal ends us

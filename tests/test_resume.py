@@ -27,22 +27,25 @@ def killed_then_resumed(launcher, tmp_path, overrides, fault_step):
 
 
 @pytest.mark.parametrize(
-    ("mode", "checkpointing", "fault_step", "expect_mid_epoch"),
+    ("mode", "checkpointing", "fault_step", "expect_mid_epoch", "total_steps"),
     [
-        ("torchrun", ["checkpoint.every_epochs=1"], 20, False),  # last checkpoint: end of epoch 1
-        ("mp_spawn", ["checkpoint.every_steps=5"], 23, True),    # last checkpoint: step 20, mid-epoch
+        ("torchrun", ["checkpoint.every_epochs=1"], 20, False, 39),  # last checkpoint: end of epoch 1
+        ("mp_spawn", ["checkpoint.every_steps=5"], 23, True, 39),    # last checkpoint: step 20, mid-epoch
+        # Four ranks (7 steps per epoch): with more than two, the gradient sum's order depends on
+        # DDP's bucket layout, which a resumed process must not lay out differently.
+        ("mp_spawn", ["gpus=4", "checkpoint.every_steps=5"], 12, True, 21),
     ],
-    ids=["epoch-boundary", "mid-epoch"],
+    ids=["epoch-boundary", "mid-epoch", "mid-epoch-4-ranks"],
 )
 def test_resume_after_kill_gives_identical_weights(launcher, tmp_path, mode, checkpointing,
-                                                   fault_step, expect_mid_epoch):
+                                                   fault_step, expect_mid_epoch, total_steps):
     overrides = [f"launcher={mode}", *checkpointing]
     reference = launcher.run(*SMALL, *overrides, run_dir=tmp_path / "reference")
     assert_ok(reference)
     progress, resumed = killed_then_resumed(launcher, tmp_path, overrides, fault_step)
     assert (progress["step_in_epoch"] > 0) == expect_mid_epoch, progress
     assert progress["global_step"] < fault_step
-    assert resumed["global_step"] == reference.summary()["global_step"] == 39
+    assert resumed["global_step"] == reference.summary()["global_step"] == total_steps
     assert resumed["weights_sha256"] == reference.summary()["weights_sha256"]
     assert resumed["val_loss"] == reference.summary()["val_loss"]
 
@@ -75,3 +78,26 @@ def test_resume_with_another_world_size_restarts_the_epoch(launcher, tmp_path):
     assert "epoch 0 restarts from its beginning" in resumed.stderr
     # 3 steps at world size 2, then the whole epoch at world size 1: 1638 samples / 64 = 26 steps.
     assert resumed.summary()["global_step"] == 3 + 26
+
+
+def test_time_limit_signal_stops_every_rank_at_one_step_and_resumes_exactly(launcher, tmp_path):
+    """Slurm's USR1 reaches one rank during step 9: all four stop after the same step (the next
+    agreement, step 12), checkpoint, and a resumed run ends as if never stopped. Outside a real
+    job the requeue fails, so the job ends non-zero with the checkpoint written."""
+    overrides = [*SMALL, "launcher=mp_spawn", "gpus=4", "trainer.stop_check_steps=4",
+                 "checkpoint.every_epochs=0"]
+    slurm_job = {"SLURM_JOB_ID": "424242"}
+    reference = launcher.run(*overrides, run_dir=tmp_path / "reference", env=slurm_job)
+    assert_ok(reference)
+    run_dir, marker = tmp_path / "stopped", tmp_path / "signal_marker"
+    # Forward 10 is step 9: each process's first forward is DDP's bucket-settling pass.
+    signal_once = ["+model.fault_step=10", "+model.rank=2", "+model.action=usr1", f"+model.marker={marker}"]
+    stopped = launcher.run(*overrides, *signal_once, run_dir=run_dir, env=slurm_job)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert "stopping after step checkpoint: SIGUSR1 received" in stopped.stderr
+    assert "scontrol requeue 424242 failed" in stopped.stderr
+    progress = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["progress"]
+    assert progress["global_step"] == 12 and progress["step_in_epoch"] == 5, progress
+    resumed = launcher.run(*overrides, *signal_once, "resume=auto", run_dir=run_dir, env=slurm_job)
+    assert_ok(resumed)
+    assert resumed.summary()["weights_sha256"] == reference.summary()["weights_sha256"]

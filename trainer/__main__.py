@@ -8,7 +8,7 @@ import sys
 from trainer.train import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    code = main(sys.argv[1:])
     # Everything is written and closed. Tearing down the interpreter after a gloo/DDP session costs
     # about a second per process here (and can abort in C++ destructors): run the exit handlers,
     # flush, and leave.
@@ -16,4 +16,4 @@ if __name__ == "__main__":
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

@@ -8,6 +8,7 @@ import os
 import random
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,3 +93,32 @@ def all_reduce_scalars(values: list[float], device: torch.device,
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=op)
     return tensor.tolist()
+
+
+def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> bool:
+    """Run one throw-away backward so DDP fixes its gradient-bucket layout before training.
+
+    DDP lays its buckets out anew after the first backward of a process. With more than two ranks
+    the layout decides the order in which each gradient element is summed, so a resumed run, whose
+    first step would still use the initial layout, would drift from an uninterrupted one by float
+    rounding. Settling the layout first makes every real step use the same one, in every run.
+    The pass is a real training-mode pass (the same graph as a step, so no parameter looks unused)
+    whose traces are undone: buffers such as BatchNorm statistics and the RNG are restored, and the
+    gradients (all zero) dropped. Returns True: call it once per process.
+    """
+    if not isinstance(example, torch.Tensor):
+        return True  # a model taking structured inputs keeps DDP's default behaviour
+    buffers = [buffer.detach().clone() for buffer in ddp_model.buffers()]
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    output = ddp_model(torch.zeros_like(example))
+    (output.float().sum() * 0).backward()
+    with torch.no_grad():
+        for buffer, saved in zip(ddp_model.buffers(), buffers, strict=True):
+            buffer.copy_(saved)
+    for parameter in ddp_model.parameters():
+        parameter.grad = None
+    torch.set_rng_state(rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return True

@@ -17,7 +17,7 @@ class DistEnv:
     node_rank: int
     master_addr: str
     master_port: int
-    restart: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: 0 on the first attempt
+    restart: int = 0  # times this job started over (torchrun restarts + Slurm requeues): 0 at first
 
     @property
     def is_main(self) -> bool:
@@ -45,7 +45,8 @@ class DistEnv:
             node_rank=int(environ.get("NODE_RANK", environ.get("GROUP_RANK", "0"))),
             master_addr=environ["MASTER_ADDR"],
             master_port=int(environ["MASTER_PORT"]),
-            restart=int(environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            restart=sum(int(environ.get(key) or 0)
+                        for key in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")),
         )
 
 

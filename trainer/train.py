@@ -8,6 +8,7 @@ launcher can start it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -32,9 +33,18 @@ from trainer.distributed import (
     resolve_backend,
     seed_everything,
     select_device,
+    settle_gradient_buckets,
 )
 from trainer.env import DistEnv
 from trainer.logs import setup_logging
+from trainer.preemption import (
+    REQUEUED_EXIT_CODE,
+    STOPPED_EXIT_CODE,
+    StopRequest,
+    StopSignals,
+    ignore_stop_signals,
+    requeue_this_job,
+)
 
 
 @dataclass
@@ -70,6 +80,7 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
         # Explicit: a rank started by torch.multiprocessing inherits its "spawn" default, which
         # would re-import torch in every worker; the same setting in every launch mode.
         multiprocessing_context=cfg.data.worker_start_method if workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
     train_loader = DataLoader(train_set, sampler=sampler, **common)
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size), **common)
@@ -146,7 +157,20 @@ def processes_per_node(env: DistEnv) -> list[int]:
     return [count for _, count in sorted(set(reports))]
 
 
-def train(cfg: DictConfig) -> None:
+def stop_for_slurm(stop: StopRequest, env: DistEnv, log: logging.Logger, max_requeues: int) -> int:
+    """After the stop checkpoint: rank 0 requeues the job if the time limit is the reason; every
+    rank learns the outcome and returns its exit code."""
+    dist.barrier()  # the checkpoint is on disk before the job leaves the queue's hands
+    requeued = [False]
+    if env.is_main:
+        log.warning("stopping after step checkpoint: %s received", stop.name)
+        requeued[0] = stop.time_limit and requeue_this_job(max_requeues)
+    dist.broadcast_object_list(requeued, src=0)
+    return REQUEUED_EXIT_CODE if requeued[0] else STOPPED_EXIT_CODE
+
+
+def train(cfg: DictConfig) -> int:
+    """The whole run on this rank; returns the process's exit code."""
     start = time.perf_counter()
     env = DistEnv.from_environ()
     run_dir = Path(cfg.run_dir)
@@ -204,6 +228,9 @@ def train(cfg: DictConfig) -> None:
         epochs, log_every = cfg.trainer.epochs, cfg.trainer.log_every_steps
         every_steps, every_epochs = cfg.checkpoint.every_steps, cfg.checkpoint.every_epochs
         batch_size = cfg.data.batch_size
+        stop_signals = StopSignals(cfg.trainer.stop_check_steps).install() if StopSignals.wanted() else None
+        stop = None
+        buckets_settled = False
         val_loss, val_acc = math.nan, math.nan
         for epoch in range(progress.epoch, epochs):
             sampler.set_epoch(epoch, start_index=progress.step_in_epoch * batch_size)
@@ -211,6 +238,8 @@ def train(cfg: DictConfig) -> None:
             for inputs, targets in train_loader:
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
+                if not buckets_settled:  # once per process, before its first real step
+                    buckets_settled = settle_gradient_buckets(ddp_model, inputs[:1])
                 loss = F.cross_entropy(ddp_model(inputs), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -232,7 +261,13 @@ def train(cfg: DictConfig) -> None:
                     progress.train_time_s += time.perf_counter() - epoch_start
                     epoch_start = time.perf_counter()
                     save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
+                if stop_signals and (stop := stop_signals.agreed(progress.global_step, device)):
+                    break
             progress.train_time_s += time.perf_counter() - epoch_start
+            if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
+                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
+                del ddp_model, model, optimizer, scheduler, train_loader, val_loader
+                return stop_for_slurm(stop, env, log, cfg.slurm.max_requeues)
 
             if scheduler is not None and not step_scheduler_each_step:
                 scheduler.step()
@@ -284,10 +319,13 @@ def train(cfg: DictConfig) -> None:
             log.info("done: val_acc=%.4f val_loss=%.4f %.0f samples/s, summary in %s",
                      val_acc, val_loss, summary["train_samples_per_s"], run_dir / "summary.json")
         del ddp_model, model, optimizer, scheduler, train_loader, val_loader
+    if stop_signals:
+        stop_signals.uninstall()
+    return 0
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     if len(argv) != 1:
         raise SystemExit("usage: python -m trainer RUN_DIR/config.yaml")
-    train(OmegaConf.load(argv[0]))
+    return train(OmegaConf.load(argv[0]))
 
