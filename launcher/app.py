@@ -13,34 +13,46 @@ from typing import NoReturn
 from omegaconf import DictConfig, OmegaConf
 
 from launcher import plan
-from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV
+from launcher.allocation import Allocation
+from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV, run_target
 from launcher.config import JobConfig, load_job_config, resolved_config
-from launcher.environments import LocalEnvironment, detect
+from launcher.environments import LocalEnvironment, SlurmEnvironment, detect
 from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, StartFailed
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
 from launcher.modes import get_mode
+from launcher.submit import SubmitPlan, plan_submission
 from launcher.supervise import Interrupted, supervised
 
 log = logging.getLogger("launcher")
 
 JOB_ID_ENV = "LAUNCHER_JOB_ID"
+SLURM_FAILURES_DIR = "failures"
 
 
 def exit_on_config_error(error: ConfigError) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
+    if error.hint:
+        print(error.hint, file=sys.stderr)
     sys.exit(CONFIG_ERROR_EXIT_CODE)
 
 
-def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig:
+def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
     """The job, or a one-line error and exit code 2 before anything is started or written."""
     try:
         environment = detect()
+        if OmegaConf.select(cfg, "launcher.name") == "slurm":
+            if not isinstance(environment, LocalEnvironment):
+                raise ConfigError("launcher", "slurm", "submits a job from outside Slurm; inside an "
+                                  "allocation run `srun python -m launcher` (one task per rank)")
+            return plan_submission(cfg, run_dir)
+        if isinstance(environment, SlurmEnvironment):
+            return load_job_config(cfg, run_dir, Allocation.from_slurm(environment))
         if not isinstance(environment, LocalEnvironment):
             raise ConfigError(
                 "environment",
                 environment.name,
-                "this process already has a rank (RANK/SLURM_PROCID set); run the launcher from a "
-                "plain shell, or run `python -m trainer CONFIG` as the rank directly",
+                "this process already has a rank (RANK/WORLD_SIZE set by torchrun); run the "
+                "launcher from a plain shell, or run `python -m trainer CONFIG` as the rank directly",
             )
         return load_job_config(cfg, run_dir)
     except ConfigError as error:
@@ -48,9 +60,16 @@ def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig:
 
 
 def _prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
-    """Write the config every rank reads; drop the failure report of an earlier attempt."""
+    """Write the config every rank reads; drop the failure report of an earlier attempt.
+
+    Atomically: with one Slurm task per rank, every task writes the same file at about the same
+    time, and a rank must never read a half-written one.
+    """
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(resolved_config(cfg, job)), job.run_dir / "config.yaml")
+    target = job.run_dir / "config.yaml"
+    partial = target.with_name(f".config.yaml.{os.getpid()}.tmp")
+    OmegaConf.save(OmegaConf.create(resolved_config(cfg, job)), partial)
+    os.replace(partial, target)
     (job.run_dir / FAILURE_FILE).unlink(missing_ok=True)
 
 
@@ -58,6 +77,29 @@ def cpu_threads_per_rank(local_procs: int) -> int:
     """Each rank's share of this machine's cores, so processes x threads never exceeds them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // local_procs)
+
+
+def run_as_slurm_rank(job: JobConfig) -> None:
+    """``srun python -m launcher``: this task is one rank; run the target here, spawn nothing.
+
+    Failures are recorded under ``DIR/failures`` (the run dir is shared by every task), where
+    ``launcher=slurm`` finds the failing rank's traceback; srun's ``--kill-on-bad-exit`` stops
+    the other tasks.
+    """
+    assert job.slurm_rank is not None
+    os.environ.update(
+        {
+            **job.slurm_rank.env(),
+            "MASTER_ADDR": job.master_addr,
+            "MASTER_PORT": str(job.master_port),
+            ERROR_DIR_ENV: str(job.run_dir / SLURM_FAILURES_DIR),
+            **job.network_env(),
+        }
+    )
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
+    log.info("Slurm task: rank %d of %d (node %d, local rank %d) in %s", job.slurm_rank.rank,
+             job.world_size, job.node_rank, job.slurm_rank.local_rank, job.run_dir)
+    run_target(job.target.kind, job.target.name, list(job.target.args))
 
 
 def launch(job: JobConfig) -> int:
@@ -105,10 +147,15 @@ def run(cfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     job = validated_job(cfg, run_dir)
+    if isinstance(job, SubmitPlan):
+        sys.exit(job.submit())
     if job.dry_run:
         print(plan.describe(job))
         return
     _prepare_run_dir(cfg, job)
+    if job.slurm_rank is not None:
+        run_as_slurm_rank(job)
+        return
     code = launch(job)
     if code:
         sys.exit(code)

@@ -50,6 +50,11 @@ def _user_traceback(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, tb))
 
 
+def attempt_number() -> int:
+    """How many times this job was started over before: torchrun restarts, or Slurm requeues."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 def record_failure(error: BaseException) -> None:
     error_dir = os.environ.get(ERROR_DIR_ENV)
     if not error_dir:
@@ -62,7 +67,7 @@ def record_failure(error: BaseException) -> None:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "time": time.time(),
-        "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        "restart": attempt_number(),
         "error": f"{type(error).__name__}: {error}",
         "traceback": _user_traceback(error),
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from launcher.allocation import SLURM_TASK_ROLES, Allocation, sbatch_hint
 from launcher.errors import ConfigError
 from launcher.network import (
     PortUnavailable,
@@ -24,8 +25,9 @@ from launcher.network import (
     is_local_address,
     route_source_address,
 )
+from launcher.ranks import RankInfo, rank_info
 
-MODES = ("torchrun", "mp_spawn")
+MODES = ("torchrun", "mp_spawn", "slurm")
 RENDEZVOUS = ("static", "c10d")
 BACKENDS = ("auto", "nccl", "gloo")
 SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
@@ -77,6 +79,7 @@ class JobConfig:
     socket_ifname: str | None  # exported as GLOO/NCCL_SOCKET_IFNAME; None: leave them as they are
     rdzv_endpoint: str  # host:port of the rendezvous store
     rdzv_id: str  # the run id every node passes to the rendezvous
+    slurm_rank: RankInfo | None = None  # this process IS that rank (a task of `srun`, one per rank)
 
     @property
     def ranks_from_rendezvous(self) -> bool:
@@ -280,20 +283,73 @@ def _socket_ifname(value: Any, local_addr: str, backend: str) -> str | None:
     return names
 
 
-def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
-    """Validate the user's config and resolve every ``auto`` into a concrete value."""
-    nodes = _positive_int("nodes", cfg.get("nodes"))
-    node_rank = cfg.get("node_rank")
+def _from_allocation(key: str, value: Any, fixed: int | str | None, default: int | str,
+                     allocation: Allocation | None, hint: str | None = None) -> Any:
+    """``auto`` takes what the Slurm step fixed (or ``default`` outside Slurm); an explicit value
+    must agree with the step."""
+    if value == "auto":
+        return default if fixed is None else fixed
+    if fixed is not None and value != fixed:
+        job = allocation.job_id if allocation else "?"
+        raise ConfigError(key, value, f"Slurm job {job} fixed it to {fixed!r} for this task; use "
+                          f"{key}=auto or submit the job to fit", hint)
+    return value
+
+
+def _slurm_rank(allocation: Allocation, procs: tuple[int, ...], cfg_gpus: Any, cuda: bool,
+                mode: ModeConfig) -> RankInfo:
+    """One task per rank: the tasks Slurm placed must be the ranks the config asks for."""
+    if procs != allocation.tasks_per_node:
+        raise ConfigError("gpus", cfg_gpus, f"this Slurm step runs SLURM_TASKS_PER_NODE="
+                          f"{allocation.tasks_spec} tasks, one per rank, but the config asks for "
+                          f"{list(procs)} ranks per node",
+                          sbatch_hint(len(procs), procs, "rank", cuda))
+    info = rank_info(procs, allocation.node_rank, allocation.local_rank)
+    if info.rank != allocation.global_rank:
+        raise ConfigError("environment", f"SLURM_PROCID={allocation.global_rank}",
+                          f"node {allocation.node_rank} local task {allocation.local_rank} is rank "
+                          f"{info.rank} in block order; submit with --distribution=block")
+    if mode.max_restarts:
+        raise ConfigError("launcher.max_restarts", mode.max_restarts,
+                          "one task per rank has no agent to restart it; Slurm requeues instead")
+    return info
+
+
+def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | None = None) -> JobConfig:
+    """Validate the user's config and resolve every ``auto`` into a concrete value.
+
+    Inside a Slurm step (``allocation``), ``auto`` means what Slurm decided and explicit values
+    are checked against it. With ``slurm_task=rank`` each task is one rank; with
+    ``slurm_task=node`` each task is one node's launcher, starting that node's ranks itself.
+    """
+    role = cfg.get("slurm_task", "rank")
+    if role not in SLURM_TASK_ROLES:
+        raise ConfigError("slurm_task", role, f"allowed: {', '.join(SLURM_TASK_ROLES)}")
+    if allocation is not None and role == "node" and set(allocation.tasks_per_node) != {1}:
+        raise ConfigError("slurm_task", role, f"one launcher per node needs one task per node, this "
+                          f"step has SLURM_TASKS_PER_NODE={allocation.tasks_spec}",
+                          sbatch_hint(allocation.nodes, (1,) * allocation.nodes, "node", False))
+    nodes = _from_allocation("nodes", cfg.get("nodes"), allocation and allocation.nodes, 1, allocation)
+    nodes = _positive_int("nodes", nodes)
+    node_rank = _from_allocation("node_rank", cfg.get("node_rank"),
+                                 allocation and allocation.node_rank, 0, allocation)
     if not _is_int(node_rank) or not 0 <= node_rank < nodes:
-        raise ConfigError("node_rank", node_rank, f"allowed: an integer in [0, {nodes}) for nodes={nodes}")
+        raise ConfigError("node_rank", node_rank, f"allowed: auto or an integer in [0, {nodes}) for nodes={nodes}")
     mode = _mode(cfg.get("launcher"))
-    if mode.rdzv == "c10d" and not (_is_int(cfg.get("gpus")) or cfg.get("gpus") == "auto"):
-        raise ConfigError("gpus", cfg.get("gpus"), "with launcher.rdzv=c10d nodes get their rank as they "
+    gpus = cfg.get("gpus")
+    if mode.rdzv == "c10d" and not (_is_int(gpus) or gpus == "auto"):
+        raise ConfigError("gpus", gpus, "with launcher.rdzv=c10d nodes get their rank as they "
                           "join: give each node its own count (gpus=2 on one, gpus=1 on another)")
-    needs_cuda_probe = cfg.get("gpus") == "auto" or cfg.get("backend") in ("auto", "nccl")
+    needs_cuda_probe = gpus == "auto" or cfg.get("backend") in ("auto", "nccl")
     cuda_devices = _cuda_device_count() if needs_cuda_probe else 0
-    procs = _procs_per_node(cfg.get("gpus"), nodes, cuda_devices)
+    slurm_ranks = allocation is not None and role == "rank"
+    if slurm_ranks and gpus == "auto":
+        procs = allocation.tasks_per_node
+    else:
+        procs = _procs_per_node(gpus, nodes, cuda_devices)
     backend = _backend(cfg.get("backend"), procs[node_rank], cuda_devices)
+    slurm_rank = (_slurm_rank(allocation, procs, gpus, backend == "nccl", mode)
+                  if slurm_ranks else None)
     init_timeout = _seconds("init_timeout", cfg.get("init_timeout"))
     _seconds("collective_timeout", cfg.get("collective_timeout"))
     seed = cfg.get("seed")
@@ -302,7 +358,8 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
     dry_run = cfg.get("dry_run")
     if not isinstance(dry_run, bool):
         raise ConfigError("dry_run", dry_run, "allowed: true, false")
-    master_addr = str(cfg.get("master_addr"))
+    master_addr = str(_from_allocation("master_addr", cfg.get("master_addr"),
+                                       allocation and allocation.master_addr, "127.0.0.1", allocation))
     target = _target(cfg, run_dir)
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
@@ -311,8 +368,14 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
         _check_writable_dir("hydra.run.dir", run_dir)
     static = mode.rdzv == "static"
     if static or mode.rdzv_endpoint is None:
-        hosts_store = static and node_rank == 0 or nodes == 1
-        master_port = _master_port(cfg.get("master_port"), nodes, master_addr, hosts_store)
+        if slurm_rank is not None:
+            hosts_store = slurm_rank.rank == 0
+        else:
+            hosts_store = static and node_rank == 0 or nodes == 1
+        port = cfg.get("master_port")
+        if port == "auto" and allocation is not None:
+            port = allocation.master_port
+        master_port = _master_port(port, nodes, master_addr, hosts_store)
         rdzv_host, rdzv_port, rdzv_key = master_addr, master_port, "master_addr"
     else:
         rdzv_host, rdzv_port = _split_endpoint(mode.rdzv_endpoint)
@@ -336,6 +399,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path) -> JobConfig:
         rdzv_endpoint=f"[{rdzv_host}]:{rdzv_port}" if ":" in rdzv_host else f"{rdzv_host}:{rdzv_port}",
         # Every node must name the same run: derive it from what they all share.
         rdzv_id=mode.rdzv_id or f"launcher-{rdzv_host}-{rdzv_port}",
+        slurm_rank=slurm_rank,
     )
 
 
@@ -345,6 +409,8 @@ def resolved_config(cfg: DictConfig, job: JobConfig) -> dict[str, Any]:
     assert isinstance(container, dict)
     container.pop("hydra", None)
     container.update(
+        nodes=job.nodes,  # not node_rank: one Slurm run dir's config.yaml serves every node
+        master_addr=job.master_addr,
         gpus=list(job.procs_per_node),
         master_port=job.master_port,
         backend=job.backend,

@@ -156,13 +156,16 @@ class SlurmEnvironment(ClusterEnvironment):
         return self._int("SLURM_LOCALID")
 
     def tasks_per_node(self) -> list[int]:
-        spec = self.environ.get("SLURM_STEP_TASKS_PER_NODE") or self.environ.get(
-            "SLURM_TASKS_PER_NODE", ""
-        )
-        return expand_tasks_per_node(spec)
+        return expand_tasks_per_node(self.tasks_per_node_spec())
 
     def local_world_size(self) -> int:
         return self.tasks_per_node()[self.node_rank()]
+
+    def nodes(self) -> int:
+        return len(self.tasks_per_node())
+
+    def tasks_per_node_spec(self) -> str:
+        return self.environ.get("SLURM_STEP_TASKS_PER_NODE") or self.environ.get("SLURM_TASKS_PER_NODE", "")
 
     def node_rank(self) -> int:
         return self._int("SLURM_NODEID")

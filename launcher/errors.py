@@ -8,10 +8,11 @@ CONFIG_ERROR_EXIT_CODE = 2
 class ConfigError(Exception):
     """A configuration value that cannot work: reported as one line, exit code 2, nothing started."""
 
-    def __init__(self, key: str, value: object, allowed: str) -> None:
+    def __init__(self, key: str, value: object, allowed: str, hint: str | None = None) -> None:
         self.key = key
         self.value = value
         self.allowed = allowed
+        self.hint = hint  # printed under the one-line message (e.g. the #SBATCH lines that fit)
         super().__init__(f"invalid config: {key}={value!r}: {allowed}")
 
 

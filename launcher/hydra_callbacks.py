@@ -22,7 +22,9 @@ class ValidateBeforeStart(Callback):
         from launcher.app import validated_job
 
         HydraConfig.instance().set_config(config)
+        from launcher.submit import SubmitPlan
+
         job = validated_job(config, Path(str(config.hydra.run.dir)).absolute())
         if job.dry_run:
-            print(plan.describe(job))
+            print(job.describe() if isinstance(job, SubmitPlan) else plan.describe(job))
             sys.exit(0)

@@ -21,6 +21,9 @@ def _device(job: JobConfig, local_rank: int) -> str:
 
 def node_place(job: JobConfig) -> str:
     """Where this node stands in the job, as far as it is known before the rendezvous."""
+    if job.slurm_rank is not None:
+        return (f"Slurm task = rank {job.slurm_rank.rank} of {job.world_size} (node {job.node_rank}"
+                f", local rank {job.slurm_rank.local_rank}); nothing is spawned")
     if job.ranks_from_rendezvous:
         return (f"a node of {job.nodes} (node rank and global ranks assigned by the c10d "
                 f"rendezvous at {job.rdzv_endpoint}, job id {job.rdzv_id})")
@@ -36,13 +39,17 @@ def describe(job: JobConfig) -> str:
         f"  this node: {node_place(job)}",
         f"  network: local_addr={job.local_addr} socket_ifname={interface}",
     ]
-    for info in node_ranks(job.procs_per_node, job.node_rank):
+    ranks = [job.slurm_rank] if job.slurm_rank else node_ranks(job.procs_per_node, job.node_rank)
+    for info in ranks:
         if job.ranks_from_rendezvous:  # MASTER_ADDR/PORT too: the agent picks them at rendezvous
             place = f"local_rank={info.local_rank}"
         else:
             place = (f"node_rank={info.node_rank} local_rank={info.local_rank} rank={info.rank} "
                      f"world_size={info.world_size} master={job.master_addr}:{job.master_port}")
         lines.append(f"  {place} device={_device(job, info.local_rank)}")
-    lines.append(f"  command: {get_mode(job.mode.name).command_line(job)}")
+    if job.slurm_rank is None:
+        lines.append(f"  command: {get_mode(job.mode.name).command_line(job)}")
+    else:
+        lines.append(f"  command: (in this process) python {' '.join(job.target.python_args())}")
     lines.append("nothing was started")
     return "\n".join(lines)

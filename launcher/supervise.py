@@ -3,7 +3,8 @@
 The launcher becomes a child subreaper, so DataLoader workers or anything else a rank started are
 re-parented to it (not to init) when their rank dies; when the job ends, every process still below
 the launcher is sent SIGTERM and, after a grace period, SIGKILL. SIGTERM and SIGHUP to the launcher
-become an ``Interrupted`` exception so the same clean-up path runs as for Ctrl-C.
+become an ``Interrupted`` exception so the same clean-up path runs as for Ctrl-C. Under Slurm,
+USR1/USR2 are passed on to the ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 _PR_SET_CHILD_SUBREAPER = 36
 # SIGINT too: a shell starts background jobs with SIGINT ignored, and `kill -INT` must still stop us.
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(Exception):
@@ -113,11 +115,19 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
+def _forward(signum: int, _frame: object) -> None:
+    _signal_all(job_processes(), signum)
+
+
 @contextlib.contextmanager
 def supervised(grace_s: float) -> Iterator[None]:
     """Run a job so that no process it started outlives it, however it ends."""
     _become_subreaper()
     previous = {signum: signal.signal(signum, _raise_interrupted) for signum in _HANDLED}
+    if "SLURM_JOB_ID" in os.environ:
+        # Slurm's "time limit near" signals (USR1 from our templates, USR2 from submitit) would
+        # kill the launcher by default; the ranks act on them (checkpoint, requeue), so pass them on.
+        previous.update({signum: signal.signal(signum, _forward) for signum in _FORWARDED})
     try:
         yield
     finally:
