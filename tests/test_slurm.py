@@ -1,0 +1,208 @@
+"""Against a real Slurm cluster (two compute nodes on this machine, ``slurm/local_cluster.sh``).
+
+CI starts the cluster and sets LAUNCHER_REQUIRE_SLURM=1, so there these tests fail rather than
+skip when it is down. Elsewhere they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DDP_SCRIPT, REPO, TINY, wait_for, wait_for_no_leftovers
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE"}
+JOB_TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    status = subprocess.run(["bash", str(REPO / "slurm" / "local_cluster.sh"), "status"],
+                            capture_output=True, text=True, timeout=60)
+    if status.returncode != 0:
+        reason = ("no local Slurm cluster is running (start one as root with "
+                  f"`bash slurm/local_cluster.sh start`): {status.stdout.strip()} {status.stderr.strip()}")
+        if os.environ.get("LAUNCHER_REQUIRE_SLURM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+class SlurmRunner:
+    """Submits from a test's own directory, with a marker to find the job's processes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.job_marker = uuid.uuid4().hex
+        self.jobs: list[str] = []
+
+    def env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+        env.update(LAUNCHER_JOB_ID=self.job_marker, LAUNCHER_PYTHON=sys.executable,
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+        return env
+
+    def sbatch(self, *args: str) -> str:
+        done = subprocess.run(["sbatch", "--parsable", f"--chdir={self.workdir}", *args],
+                              capture_output=True, text=True, env=self.env(), timeout=60)
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.strip().split(";")[0]
+        self.jobs.append(job_id)
+        return job_id
+
+    def launcher(self, *overrides: str, timeout_s: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", *overrides],
+                              cwd=self.workdir, capture_output=True, text=True, env=self.env(),
+                              timeout=timeout_s)
+        self.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()
+                      if line.startswith("submitted Slurm job")]
+        return done
+
+    @staticmethod
+    def state(job_id: str) -> str:
+        done = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id],
+                              capture_output=True, text=True, timeout=30)
+        return (done.stdout.strip().splitlines() or ["UNKNOWN"])[0].split()[0]
+
+    def wait(self, job_id: str, timeout_s: float = JOB_TIMEOUT_S) -> str:
+        wait_for(lambda: self.state(job_id) in TERMINAL, timeout_s, f"Slurm job {job_id} to end")
+        return self.state(job_id)
+
+    def output(self, job_id: str) -> str:
+        path = self.workdir / f"slurm-{job_id}.out"
+        return path.read_text() if path.exists() else ""
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.workdir / "outputs" / f"slurm-{job_id}"
+
+    def cleanup(self) -> None:
+        for job_id in self.jobs:
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def slurm(slurm_cluster, tmp_path) -> SlurmRunner:
+    runner = SlurmRunner(tmp_path)
+    yield runner
+    runner.cleanup()
+    wait_for_no_leftovers(runner.job_marker, timeout_s=30)
+
+
+def summaries(root: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in root.rglob("summary.json")]
+
+
+def local_reference(launcher, tmp_path, *overrides) -> str:
+    """weights_sha256 of the same training run locally with 4 ranks (the reference)."""
+    run = launcher.run(*overrides, "gpus=4", "launcher=mp_spawn", f"data.root={tmp_path / 'data'}",
+                       run_dir=tmp_path / "reference")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.summary()["weights_sha256"]
+
+
+def test_train_sbatch_one_task_per_rank_2x2(slurm, launcher, tmp_path):
+    job = slurm.sbatch("-N", "2", "--ntasks-per-node=2", str(REPO / "slurm" / "train.sbatch"), *TINY)
+    state = slurm.wait(job)
+    assert state == "COMPLETED", f"{state}\n{slurm.output(job)[-4000:]}"
+    found = summaries(slurm.run_dir(job))
+    assert len(found) == 1, "summary.json is written once, by rank 0"
+    assert found[0]["world_size"] == 4 and found[0]["gpus_per_node"] == [2, 2]
+    assert found[0]["weights_sha256"] == local_reference(launcher, tmp_path, *TINY)
+
+
+def test_train_torchrun_sbatch_one_task_per_node_2x2(slurm):
+    job = slurm.sbatch("-N", "2", str(REPO / "slurm" / "train_torchrun.sbatch"), "gpus=2", *TINY)
+    state = slurm.wait(job)
+    assert state == "COMPLETED", f"{state}\n{slurm.output(job)[-4000:]}"
+    found = summaries(slurm.run_dir(job))
+    assert len(found) == 1 and found[0]["world_size"] == 4 and found[0]["launcher"] == "torchrun"
+    assert found[0]["gpus_per_node"] == [2, 2]
+
+
+def test_uneven_tasks_per_node(slurm):
+    # Four tasks on two nodes without --ntasks-per-node: Slurm packs them 3 + 1.
+    job = slurm.sbatch("-N", "2", "-n", "4", str(REPO / "slurm" / "train.sbatch"), *TINY)
+    state = slurm.wait(job)
+    assert state == "COMPLETED", f"{state}\n{slurm.output(job)[-4000:]}"
+    found = summaries(slurm.run_dir(job))
+    assert len(found) == 1 and found[0]["world_size"] == 4
+    assert sorted(found[0]["gpus_per_node"]) == [1, 3], found[0]["gpus_per_node"]
+
+
+def test_mismatch_fails_at_once_with_the_sbatch_lines_that_fit(slurm):
+    job = slurm.sbatch("-N", "2", "--ntasks-per-node=2", str(REPO / "slurm" / "train.sbatch"), "gpus=4")
+    state = slurm.wait(job)
+    out = slurm.output(job)
+    assert state == "FAILED", f"{state}\n{out[-3000:]}"
+    assert "gpus=4: this Slurm step runs SLURM_TASKS_PER_NODE=2(x2) tasks" in out, out[-3000:]
+    assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=4" in out, out[-3000:]
+    assert not (slurm.run_dir(job) / "config.yaml").exists(), "nothing may start on a config error"
+
+
+def test_launcher_slurm_dry_run_prints_the_script_and_submits_nothing(slurm):
+    done = slurm.launcher("nodes=2", "gpus=2", "dry_run=true", "slurm.time=7", "slurm.partition=debug",
+                          "+slurm.extra.exclusive=true")
+    assert done.returncode == 0, done.stderr
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --time=7",
+                 "#SBATCH --partition=debug", "#SBATCH --exclusive", "#SBATCH --requeue",
+                 "#SBATCH --signal=USR2@90", "--kill-on-bad-exit=1"):
+        assert line in done.stdout, f"{line!r} missing from:\n{done.stdout}"
+    assert "nothing was submitted" in done.stdout and not slurm.jobs
+    assert not (slurm.workdir / "outputs").exists()
+
+
+def test_launcher_slurm_wait_streams_progress_and_succeeds(slurm):
+    done = slurm.launcher("nodes=2", "gpus=2", "slurm.wait=true", "slurm.time=10", *TINY)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(slurm.jobs) == 1
+    assert "[rank 0]" in done.stdout and "epoch 2/2" in done.stdout, done.stdout[-3000:]
+    assert slurm.state(slurm.jobs[0]) == "COMPLETED"
+    found = summaries(slurm.workdir / "outputs")
+    assert len(found) == 1 and found[0]["world_size"] == 4
+
+
+def test_launcher_slurm_failing_rank_fails_the_job_with_its_traceback(slurm):
+    done = slurm.launcher("nodes=2", "gpus=2", "slurm.wait=true", "slurm.time=10", f"script={DDP_SCRIPT}",
+                          f"script_args=[{slurm.workdir / 'out'},--fail-rank,2]")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "rank 2 on host" in done.stderr and "deliberate failure on rank 2" in done.stderr, done.stderr
+    assert "Traceback" in done.stderr
+    assert slurm.state(slurm.jobs[0]) == "FAILED"
+
+
+def test_configuration_values_in_the_script_are_never_run(slurm):
+    pwned = slurm.workdir / "PWNED"
+    name = f"x$(touch {pwned});y"
+    done = slurm.launcher("nodes=1", "gpus=1", "slurm.wait=true", "slurm.time=10", "trainer.epochs=1",
+                          "data.dataset.num_samples=512", f"slurm.job_name='{name}'")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    listed = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobName", "-j", slurm.jobs[0]],
+                            capture_output=True, text=True, timeout=30).stdout.strip()
+    assert listed == name, listed
+    assert not pwned.exists(), "a job name was executed by a shell"
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, launcher, tmp_path):
+    small = ["data.dataset.num_samples=4096", "trainer.epochs=12", "checkpoint.every_epochs=0"]
+    job = slurm.sbatch("-N", "2", "--ntasks-per-node=2", str(REPO / "slurm" / "train.sbatch"), *small)
+    run_dir = slurm.run_dir(job)
+    metrics = run_dir / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120,
+             "the first epoch of the Slurm job")
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+    signalled_at = time.monotonic()
+    state = slurm.wait(job, timeout_s=JOB_TIMEOUT_S + 60)
+    out = slurm.output(job)
+    assert state == "COMPLETED", f"{state}\n{out[-4000:]}"
+    assert "requeued job" in out and "stopping after step checkpoint: SIGUSR1 received" in out, out[-4000:]
+    (summary,) = summaries(run_dir)
+    assert summary["restarts"] == 1, summary
+    assert summary["weights_sha256"] == local_reference(launcher, tmp_path, *small)
+    assert time.monotonic() - signalled_at < JOB_TIMEOUT_S
