@@ -101,3 +101,14 @@ def test_time_limit_signal_stops_every_rank_at_one_step_and_resumes_exactly(laun
     resumed = launcher.run(*overrides, *signal_once, "resume=auto", run_dir=run_dir, env=slurm_job)
     assert_ok(resumed)
     assert resumed.summary()["weights_sha256"] == reference.summary()["weights_sha256"]
+
+
+def test_time_limit_signal_after_max_requeues_stops_without_requeueing(launcher, tmp_path):
+    overrides = [*SMALL, "launcher=mp_spawn", "trainer.stop_check_steps=2", "slurm.max_requeues=2",
+                 "+model.fault_step=3", "+model.action=usr1", f"+model.marker={tmp_path / 'marker'}"]
+    third_attempt = {"SLURM_JOB_ID": "424242", "SLURM_RESTART_COUNT": "2"}
+    stopped = launcher.run(*overrides, env=third_attempt)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert "slurm.max_requeues=2 reached: not requeued" in stopped.stderr
+    assert "scontrol" not in stopped.stderr, "no requeue may be attempted"
+    assert (stopped.run_dir / "checkpoints" / "last.pt").exists()

@@ -189,9 +189,12 @@ def test_configuration_values_in_the_script_are_never_run(slurm):
     assert not pwned.exists(), "a job name was executed by a shell"
 
 
-def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, launcher, tmp_path):
+@pytest.mark.parametrize(("template", "layout"), [("train.sbatch", ["--ntasks-per-node=2"]),
+                                                  ("train_torchrun.sbatch", [])])
+def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, launcher, tmp_path,
+                                                                                template, layout):
     small = ["data.dataset.num_samples=4096", "trainer.epochs=12", "checkpoint.every_epochs=0"]
-    job = slurm.sbatch("-N", "2", "--ntasks-per-node=2", str(REPO / "slurm" / "train.sbatch"), *small)
+    job = slurm.sbatch("-N", "2", *layout, str(REPO / "slurm" / template), "gpus=2", *small)
     run_dir = slurm.run_dir(job)
     metrics = run_dir / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120,
@@ -206,3 +209,25 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
     assert summary["restarts"] == 1, summary
     assert summary["weights_sha256"] == local_reference(launcher, tmp_path, *small)
     assert time.monotonic() - signalled_at < JOB_TIMEOUT_S
+
+
+def test_submitit_time_limit_signal_requeues_and_resumes(slurm, launcher, tmp_path):
+    """launcher=slurm: submitit asks for USR2 before the time limit; the ranks, not submitit,
+    checkpoint and requeue, and the requeued job resumes to the same weights."""
+    small = ["data.dataset.num_samples=4096", "trainer.epochs=12", "checkpoint.every_epochs=0"]
+    done = slurm.launcher("nodes=2", "gpus=2", "slurm.time=10", *small, timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    (job,) = slurm.jobs
+    run_dir = Path(next(line.split(":", 1)[1].strip() for line in done.stdout.splitlines()
+                        if line.strip().startswith("run dir:")))
+    metrics = run_dir / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, 120,
+             "the first epoch of the submitted job")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    state = slurm.wait(job, timeout_s=JOB_TIMEOUT_S + 60)
+    assert state == "COMPLETED", state
+    train_log = (run_dir / "train.log").read_text()
+    assert "SIGUSR2 received" in train_log and "requeued job" in train_log, train_log[-3000:]
+    (summary,) = summaries(run_dir)
+    assert summary["restarts"] == 1
+    assert summary["weights_sha256"] == local_reference(launcher, tmp_path, *small)
