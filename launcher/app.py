@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -39,24 +41,29 @@ def exit_on_config_error(error: ConfigError) -> NoReturn:
 def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
     """The job, or a one-line error and exit code 2 before anything is started or written."""
     try:
-        environment = detect()
-        if OmegaConf.select(cfg, "launcher.name") == "slurm":
-            if not isinstance(environment, LocalEnvironment):
-                raise ConfigError("launcher", "slurm", "submits a job from outside Slurm; inside an "
-                                  "allocation run `srun python -m launcher` (one task per rank)")
-            return plan_submission(cfg, run_dir)
-        if isinstance(environment, SlurmEnvironment):
-            return load_job_config(cfg, run_dir, Allocation.from_slurm(environment))
-        if not isinstance(environment, LocalEnvironment):
-            raise ConfigError(
-                "environment",
-                environment.name,
-                "this process already has a rank (RANK/WORLD_SIZE set by torchrun); run the "
-                "launcher from a plain shell, or run `python -m trainer CONFIG` as the rank directly",
-            )
-        return load_job_config(cfg, run_dir)
+        return load_checked(cfg, run_dir)
     except ConfigError as error:
         exit_on_config_error(error)
+
+
+def load_checked(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
+    """The job as this environment (a plain machine, a Slurm step) determines it."""
+    environment = detect()
+    if OmegaConf.select(cfg, "launcher.name") == "slurm":
+        if not isinstance(environment, LocalEnvironment):
+            raise ConfigError("launcher", "slurm", "submits a job from outside Slurm; inside an "
+                              "allocation run `srun python -m launcher` (one task per rank)")
+        return plan_submission(cfg, run_dir)
+    if isinstance(environment, SlurmEnvironment):
+        return load_job_config(cfg, run_dir, Allocation.from_slurm(environment))
+    if not isinstance(environment, LocalEnvironment):
+        raise ConfigError(
+            "environment",
+            environment.name,
+            "this process already has a rank (RANK/WORLD_SIZE set by torchrun); run the "
+            "launcher from a plain shell, or run `python -m trainer CONFIG` as the rank directly",
+        )
+    return load_job_config(cfg, run_dir)
 
 
 def _prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
@@ -102,20 +109,32 @@ def run_as_slurm_rank(job: JobConfig) -> None:
     run_target(job.target.kind, job.target.name, list(job.target.args))
 
 
+@contextlib.contextmanager
+def job_environment(job: JobConfig, error_dir: str) -> Iterator[None]:
+    """What this job's ranks inherit, exported for the job only: a sweep runs several jobs in one
+    launcher process, and one point's interface or thread count must not leak into the next."""
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            ERROR_DIR_ENV: error_dir,
+            PARENT_PID_ENV: str(os.getpid()),
+            JOB_ID_ENV: os.environ.get(JOB_ID_ENV, uuid.uuid4().hex),
+            **job.network_env(),
+        }
+    )
+    # Set before any rank starts, identically in both modes (torchrun would export 1, spawn
+    # nothing), so every rank's OpenMP pool is sized before torch starts a thread.
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def launch(job: JobConfig) -> int:
     """Start this node's ranks and supervise them; returns the node's exit code."""
-    with tempfile.TemporaryDirectory(prefix="launcher-errors-") as error_dir:
-        os.environ.update(
-            {
-                ERROR_DIR_ENV: error_dir,
-                PARENT_PID_ENV: str(os.getpid()),
-                JOB_ID_ENV: os.environ.get(JOB_ID_ENV, uuid.uuid4().hex),
-                **job.network_env(),
-            }
-        )
-        # Set before any rank starts, identically in both modes (torchrun would export 1, spawn
-        # nothing), so every rank's OpenMP pool is sized before torch starts a thread.
-        os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
+    with tempfile.TemporaryDirectory(prefix="launcher-errors-") as error_dir, job_environment(job, error_dir):
         log.info("starting %d rank(s) on %s (%s, %s, local_addr %s, interface %s) in %s",
                  job.local_world_size, plan.node_place(job), job.mode.name, job.backend,
                  job.local_addr, job.socket_ifname or "as in the environment", job.run_dir)
@@ -141,12 +160,24 @@ def launch(job: JobConfig) -> int:
     return 1
 
 
+class JobFailed(RuntimeError):
+    """A sweep point failed: raised (not exited) so Hydra records it and runs the other points."""
+
+
 def run(cfg: DictConfig) -> None:
     """Hydra's task function (a single run was already validated by ``ValidateBeforeStart``)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    job = validated_job(cfg, run_dir)
+    sweep_point = HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep_point:
+        try:
+            job = load_checked(cfg, run_dir)
+        except ConfigError as error:
+            raise JobFailed(f"{error}" + (f"\n{error.hint}" if error.hint else "")) from None
+    else:
+        job = validated_job(cfg, run_dir)
     if isinstance(job, SubmitPlan):
         sys.exit(job.submit())
     if job.dry_run:
@@ -157,5 +188,8 @@ def run(cfg: DictConfig) -> None:
         run_as_slurm_rank(job)
         return
     code = launch(job)
+    if code and sweep_point:
+        failure = job.run_dir / FAILURE_FILE
+        raise JobFailed(f"exit code {code}" + (f"; see {failure}" if failure.exists() else ""))
     if code:
         sys.exit(code)

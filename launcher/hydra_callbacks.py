@@ -1,7 +1,9 @@
-"""Hydra callback that validates the config before Hydra creates the run directory."""
+"""Hydra callbacks: validate before Hydra creates the run directory; keep a sweep's report current."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,3 +30,26 @@ class ValidateBeforeStart(Callback):
         if job.dry_run:
             print(job.describe() if isinstance(job, SubmitPlan) else plan.describe(job))
             sys.exit(0)
+
+
+class SweepReport(Callback):
+    """Keep the sweep report current: rewritten after every point, so it can be read mid-sweep.
+
+    A point that failed before its ranks could write ``failure.json`` (a config error) gets one
+    here, so the report shows its error too.
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+        from hydra.types import RunMode
+
+        from launcher.failures import FAILURE_FILE
+        from launcher.report import write_report
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN or os.environ.get("SLURM_PROCID", "0") != "0":
+            return  # a single run, or a Slurm task other than rank 0 of a point
+        failure = Path(hydra_cfg.runtime.output_dir) / FAILURE_FILE
+        if job_return.status == JobStatus.FAILED and not failure.exists():
+            failure.write_text(json.dumps({"error": str(job_return._return_value)}))
+        write_report(Path(str(config.hydra.sweep.dir)))

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from trainer import checkpoint
+from trainer.curves import plot_curves
 from trainer.data import ResumableDistributedSampler, ShardSampler, caching_rank_first
 from trainer.distributed import (
     all_reduce_scalars,
@@ -316,6 +317,8 @@ def train(cfg: DictConfig) -> int:
             tmp = run_dir / ".summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, run_dir / "summary.json")
+            if metrics_path.exists():
+                plot_curves(metrics_path, run_dir / "curves.png")
             log.info("done: val_acc=%.4f val_loss=%.4f %.0f samples/s, summary in %s",
                      val_acc, val_loss, summary["train_samples_per_s"], run_dir / "summary.json")
         del ddp_model, model, optimizer, scheduler, train_loader, val_loader
