@@ -22,8 +22,8 @@ from launcher.environments import LocalEnvironment, SlurmEnvironment, detect
 from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, StartFailed
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
 from launcher.modes import get_mode
-from launcher.submit import SubmitPlan, plan_submission
-from launcher.supervise import Interrupted, supervised
+from launcher.submit import SubmitPlan, failure_report, plan_submission
+from launcher.supervise import Interrupted, run_forwarding_signals, supervised
 
 log = logging.getLogger("launcher")
 
@@ -86,12 +86,14 @@ def cpu_threads_per_rank(local_procs: int) -> int:
     return max(1, cores // local_procs)
 
 
-def run_as_slurm_rank(job: JobConfig) -> None:
+def run_as_slurm_rank(job: JobConfig, sweep_point: bool) -> None:
     """``srun python -m launcher``: this task is one rank; run the target here, spawn nothing.
 
     Failures are recorded under ``DIR/failures`` (the run dir is shared by every task), where
     ``launcher=slurm`` finds the failing rank's traceback; srun's ``--kill-on-bad-exit`` stops
-    the other tasks.
+    the other tasks. A sweep point (Hydra's submitit launcher) runs the rank as a child instead:
+    the task process must outlive it to hand its result to submitit, and must not let
+    submitit's USR2 handler requeue the job before the ranks have checkpointed.
     """
     assert job.slurm_rank is not None
     os.environ.update(
@@ -106,7 +108,13 @@ def run_as_slurm_rank(job: JobConfig) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
     log.info("Slurm task: rank %d of %d (node %d, local rank %d) in %s", job.slurm_rank.rank,
              job.world_size, job.node_rank, job.slurm_rank.local_rank, job.run_dir)
-    run_target(job.target.kind, job.target.name, list(job.target.args))
+    if not sweep_point:
+        run_target(job.target.kind, job.target.name, list(job.target.args))
+        return
+    code = run_forwarding_signals([sys.executable, "-m", "launcher.child", job.target.kind,
+                                   job.target.name, *job.target.args])
+    if code:
+        raise JobFailed(failure_report(job.run_dir) or f"rank {job.slurm_rank.rank} exited with code {code}")
 
 
 @contextlib.contextmanager
@@ -185,7 +193,7 @@ def run(cfg: DictConfig) -> None:
         return
     _prepare_run_dir(cfg, job)
     if job.slurm_rank is not None:
-        run_as_slurm_rank(job)
+        run_as_slurm_rank(job, sweep_point)
         return
     code = launch(job)
     if code and sweep_point:

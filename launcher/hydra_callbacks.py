@@ -53,3 +53,10 @@ class SweepReport(Callback):
         if job_return.status == JobStatus.FAILED and not failure.exists():
             failure.write_text(json.dumps({"error": str(job_return._return_value)}))
         write_report(Path(str(config.hydra.sweep.dir)))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from launcher.report import write_report
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir():
+            write_report(sweep_dir)

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launcher.errors import ConfigError
 from launcher.failures import recorded_failures
+from launcher.supervise import run_forwarding_signals
 
 LOG_FOLDER = "slurm"
 SIGNAL_FORMAT = "USR2@SECONDS (submitit's time-limit signal, e.g. USR2@90)"
@@ -129,14 +127,7 @@ class RankTask:
 
     def __call__(self) -> int:
         command = [sys.executable, "-m", "launcher", *self.overrides, f"hydra.run.dir={self.run_dir}"]
-        child = subprocess.Popen(command)
-
-        def forward(signum: int, _frame: FrameType | None) -> None:
-            child.send_signal(signum)
-
-        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
-            signal.signal(signum, forward)
-        code = child.wait()
+        code = run_forwarding_signals(command)
         if code:
             raise RuntimeError(failure_report(self.run_dir) or f"rank exited with code {code}")
         return code

@@ -135,3 +135,24 @@ def supervised(grace_s: float) -> Iterator[None]:
             signal.signal(signum, handler)
         kill_descendants(grace_s)
         _reap_zombies()
+
+
+def run_forwarding_signals(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``command`` as a child and pass Slurm's stop signals on to it; its exit code.
+
+    For a wrapper process whose own handlers (submitit's) would requeue the job on USR2 before the
+    ranks have written their checkpoint: the ranks decide, this process only relays.
+    """
+    import subprocess
+
+    child = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (*_FORWARDED, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

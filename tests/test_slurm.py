@@ -231,3 +231,28 @@ def test_submitit_time_limit_signal_requeues_and_resumes(slurm, launcher, tmp_pa
     (summary,) = summaries(run_dir)
     assert summary["restarts"] == 1
     assert summary["weights_sha256"] == local_reference(launcher, tmp_path, *small)
+
+
+def test_slurm_sweep_runs_each_point_as_one_slurm_job_and_reports(slurm):
+    """hydra-submitit-launcher (the real plugin) with our preset: each point is one Slurm job
+    whose tasks are the ranks (2 nodes x 1 task), the points run in parallel."""
+    sweep = slurm.workdir / "sweep"
+    done = subprocess.run([sys.executable, "-m", "launcher", "-m", "hydra/launcher=slurm",
+                           "optim.lr=0.1,0.03", "nodes=2", "gpus=1", "slurm.time=10",
+                           f"hydra.sweep.dir={sweep}", *TINY],
+                          cwd=slurm.workdir, capture_output=True, text=True, env=slurm.env(),
+                          timeout=JOB_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    job_ids = {path.name.split("_")[0] for path in (sweep / ".submitit").iterdir()
+               if path.name[0].isdigit()}
+    slurm.jobs += sorted(job_ids)
+    assert len(job_ids) == 1, job_ids  # one array job, one element per point
+    states = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,NNodes", "-j", job_ids.pop()],
+                            capture_output=True, text=True, timeout=30).stdout.split()
+    assert len(states) == 2 and all(line.endswith("|COMPLETED|2") for line in states), states
+    for point in ("0", "1"):
+        summary = json.loads((sweep / point / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["nodes"] == 2
+    table = (sweep / "sweep_summary.md").read_text()
+    assert "| 0 | optim.lr=0.1 | completed |" in table and "| 1 | optim.lr=0.03 | completed |" in table
+    assert (sweep / "sweep_summary.png").stat().st_size > 10_000

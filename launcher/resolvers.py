@@ -1,0 +1,33 @@
+"""Config resolvers used in ``conf/``. In a module of their own (not ``__main__``) so that configs
+pickled for Slurm jobs by submitit can find them again."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+from omegaconf import OmegaConf
+
+
+@functools.cache
+def run_stamp() -> str:
+    """The default run directory's name: the same for every task of a Slurm step and for its
+    requeues (so ``resume=auto`` finds the checkpoint), else the start time."""
+    if "SLURM_JOB_ID" in os.environ and ("SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ):
+        if "SLURM_ARRAY_JOB_ID" in os.environ:
+            return f"slurm-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    return time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+def slurm_gpus(spec: object, gpus: object, backend: object) -> object:
+    """GPUs per node to ask Slurm for (sweep preset): ``auto`` = ``gpus`` with NCCL, else none."""
+    if spec == "auto":
+        return gpus if backend == "nccl" else None
+    return spec
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
+    OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus, replace=True)
