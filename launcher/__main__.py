@@ -20,10 +20,10 @@ CONFIG_DIR = next(
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float | None:
     from launcher.app import run
 
-    run(cfg)
+    return run(cfg)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -172,8 +173,9 @@ class JobFailed(RuntimeError):
     """A sweep point failed: raised (not exited) so Hydra records it and runs the other points."""
 
 
-def run(cfg: DictConfig) -> None:
-    """Hydra's task function (a single run was already validated by ``ValidateBeforeStart``)."""
+def run(cfg: DictConfig) -> float | None:
+    """Hydra's task function (a single run was already validated by ``ValidateBeforeStart``);
+    returns the objective for sweepers."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -201,3 +203,10 @@ def run(cfg: DictConfig) -> None:
         raise JobFailed(f"exit code {code}" + (f"; see {failure}" if failure.exists() else ""))
     if code:
         sys.exit(code)
+    return objective(job.run_dir)
+
+
+def objective(run_dir: Path) -> float | None:
+    """The value a sweeper optimises (Optuna: minimise): the job's final val_loss."""
+    summary = run_dir / "summary.json"
+    return float(json.loads(summary.read_text())["val_loss"]) if summary.exists() else None
