@@ -31,6 +31,7 @@ MODES = ("torchrun", "mp_spawn", "slurm")
 RENDEZVOUS = ("static", "c10d")
 BACKENDS = ("auto", "nccl", "gloo")
 SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+PRECISIONS = ("32", "bf16", "fp16")
 CPU_PROCESSES_WITHOUT_GPU = 2
 TRAINER_MODULE = "trainer"
 
@@ -315,6 +316,23 @@ def _slurm_rank(allocation: Allocation, procs: tuple[int, ...], cfg_gpus: Any, c
     return info
 
 
+def _check_trainer_options(trainer: Any, device_type: str) -> None:
+    """The trainer's numeric options, checked here so a typo costs one line, not a started job."""
+    if not isinstance(trainer, DictConfig):
+        return
+    precision = str(trainer.get("precision", 32))
+    if precision not in PRECISIONS:
+        raise ConfigError("trainer.precision", trainer.get("precision"), f"allowed: {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device_type != "cuda":
+        raise ConfigError("trainer.precision", "fp16", "needs CUDA (backend=nccl); allowed on CPU: 32, bf16")
+    accumulate = trainer.get("accumulate", 1)
+    if not _is_int(accumulate) or accumulate < 1:
+        raise ConfigError("trainer.accumulate", accumulate, "must be an integer >= 1")
+    clip = trainer.get("clip_grad_norm")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        raise ConfigError("trainer.clip_grad_norm", clip, "null or a number > 0")
+
+
 def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | None = None) -> JobConfig:
     """Validate the user's config and resolve every ``auto`` into a concrete value.
 
@@ -350,6 +368,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
     backend = _backend(cfg.get("backend"), procs[node_rank], cuda_devices)
     slurm_rank = (_slurm_rank(allocation, procs, gpus, backend == "nccl", mode)
                   if slurm_ranks else None)
+    _check_trainer_options(cfg.get("trainer"), "cuda" if backend == "nccl" else "cpu")
     init_timeout = _seconds("init_timeout", cfg.get("init_timeout"))
     _seconds("collective_timeout", cfg.get("collective_timeout"))
     seed = cfg.get("seed")

@@ -7,6 +7,7 @@ launcher can start it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from trainer.distributed import (
 )
 from trainer.env import DistEnv
 from trainer.logs import setup_logging
+from trainer.precision import MixedPrecision
 from trainer.preemption import (
     REQUEUED_EXIT_CODE,
     STOPPED_EXIT_CODE,
@@ -124,7 +126,8 @@ def resume_from(cfg: DictConfig, run_dir: Path, restart: int) -> Path | None:
 
 
 def save_checkpoint(path: Path, env: DistEnv, model: torch.nn.Module, optimizer: Any,
-                    scheduler: Any, progress: Progress, cfg: DictConfig) -> None:
+                    scheduler: Any, scaler: torch.amp.GradScaler, progress: Progress,
+                    cfg: DictConfig) -> None:
     """Collective (every rank's RNG state is gathered); rank 0 writes."""
     rng_states = checkpoint.gather_rng_states()
     if env.is_main:
@@ -133,6 +136,7 @@ def save_checkpoint(path: Path, env: DistEnv, model: torch.nn.Module, optimizer:
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(),  # empty unless fp16
                 "progress": asdict(progress),
                 "rng": rng_states,
                 "world_size": env.world_size,
@@ -197,6 +201,7 @@ def train(cfg: DictConfig) -> int:
         model = instantiate(cfg.model).to(device)
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = instantiate(cfg.optim, params=model.parameters())
+        precision = MixedPrecision.from_config(cfg.trainer.precision, device)
         scheduler = (instantiate(cfg.sched.scheduler, optimizer=optimizer)
                      if cfg.sched.scheduler is not None else None)
         step_scheduler_each_step = cfg.sched.interval == "step"
@@ -209,6 +214,8 @@ def train(cfg: DictConfig) -> int:
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                precision.scaler.load_state_dict(state["scaler"])
             progress = Progress(**state["progress"])
             if state["world_size"] == env.world_size:
                 checkpoint.set_rng_state(state["rng"][env.rank])
@@ -233,6 +240,8 @@ def train(cfg: DictConfig) -> int:
         stop = None
         buckets_settled = False
         val_loss, val_acc = math.nan, math.nan
+        accumulate, clip_grad_norm = cfg.trainer.accumulate, cfg.trainer.clip_grad_norm
+        micro_batches = math.ceil(sampler.num_samples / batch_size)  # per epoch, on this rank
         for epoch in range(progress.epoch, epochs):
             sampler.set_epoch(epoch, start_index=progress.step_in_epoch * batch_size)
             epoch_start = time.perf_counter()
@@ -241,32 +250,43 @@ def train(cfg: DictConfig) -> int:
                 targets = targets.to(device, non_blocking=True)
                 if not buckets_settled:  # once per process, before its first real step
                     buckets_settled = settle_gradient_buckets(ddp_model, inputs[:1])
-                loss = F.cross_entropy(ddp_model(inputs), targets)
+                # Gradient accumulation: DDP syncs only on the micro-batch that ends a group (or
+                # the epoch); the loss is divided so the group's gradient is the mean over it.
+                progress.step_in_epoch += 1
+                ends_group = progress.step_in_epoch % accumulate == 0 or progress.step_in_epoch == micro_batches
+                with contextlib.nullcontext() if ends_group else ddp_model.no_sync():
+                    with precision.autocast():
+                        loss = F.cross_entropy(ddp_model(inputs), targets)
+                    precision.scaler.scale(loss / accumulate).backward()
+                batch = targets.numel()
+                progress.epoch_loss_sum += loss.item() * batch
+                progress.epoch_samples += batch
+                progress.train_samples += batch
+                if not ends_group:
+                    continue
+                if clip_grad_norm:
+                    precision.scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 if scheduler is not None and step_scheduler_each_step:
                     scheduler.step()
 
                 if not progress.first_step_unix_s:
                     progress.first_step_unix_s = time.time()
-                progress.step_in_epoch += 1
                 progress.global_step += 1
-                batch = targets.numel()
-                progress.epoch_loss_sum += loss.item() * batch
-                progress.epoch_samples += batch
-                progress.train_samples += batch
                 if log_every and progress.global_step % log_every == 0:
                     log.info("epoch %d step %d loss %.4f", epoch, progress.step_in_epoch, loss.item())
                 if every_steps and progress.global_step % every_steps == 0:
                     progress.train_time_s += time.perf_counter() - epoch_start
                     epoch_start = time.perf_counter()
-                    save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
+                    save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
                 if stop_signals and (stop := stop_signals.agreed(progress.global_step, device)):
                     break
             progress.train_time_s += time.perf_counter() - epoch_start
             if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
-                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
+                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
                 del ddp_model, model, optimizer, scheduler, train_loader, val_loader
                 return stop_for_slurm(stop, env, log, cfg.slurm.max_requeues)
 
@@ -286,7 +306,7 @@ def train(cfg: DictConfig) -> int:
                      epochs, record["train_loss"], val_loss, val_acc, record["lr"])
             progress = progress.start_epoch(epoch + 1)
             if every_epochs and (epoch + 1) % every_epochs == 0:
-                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, progress, cfg)
+                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
             if env.is_main:
                 with metrics_path.open("a") as file:
                     file.write(json.dumps(record) + "\n")
@@ -304,7 +324,9 @@ def train(cfg: DictConfig) -> int:
             "backend": backend,
             "launcher": OmegaConf.select(cfg, "launcher.name", default="external"),
             "epochs": epochs,
-            "restarts": env.restart,  # torchrun restarts this job needed (launcher.max_restarts)
+            "restarts": env.restart,
+            "precision": precision.name,
+            "accumulate": accumulate,  # torchrun restarts this job needed (launcher.max_restarts)
             "global_step": progress.global_step,
             "val_loss": val_loss,
             "val_acc": val_acc,
