@@ -18,7 +18,6 @@ CONFIG_DIR = next(
 )
 
 
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     from launcher.app import run

@@ -284,16 +284,15 @@ def _socket_ifname(value: Any, local_addr: str, backend: str) -> str | None:
     return names
 
 
-def _from_allocation(key: str, value: Any, fixed: int | str | None, default: int | str,
-                     allocation: Allocation | None, hint: str | None = None) -> Any:
+def _from_allocation(key: str, value: Any, default: int | str, allocation: Allocation | None) -> Any:
     """``auto`` takes what the Slurm step fixed (or ``default`` outside Slurm); an explicit value
-    must agree with the step."""
+    must agree with the step. ``key`` is also the Allocation field that holds the fixed value."""
+    fixed = getattr(allocation, key) if allocation is not None else None
     if value == "auto":
         return default if fixed is None else fixed
     if fixed is not None and value != fixed:
-        job = allocation.job_id if allocation else "?"
-        raise ConfigError(key, value, f"Slurm job {job} fixed it to {fixed!r} for this task; use "
-                          f"{key}=auto or submit the job to fit", hint)
+        raise ConfigError(key, value, f"Slurm job {allocation.job_id} fixed it to {fixed!r} for this "
+                          f"task; use {key}=auto or submit the job to fit")
     return value
 
 
@@ -347,10 +346,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         raise ConfigError("slurm_task", role, f"one launcher per node needs one task per node, this "
                           f"step has SLURM_TASKS_PER_NODE={allocation.tasks_spec}",
                           sbatch_hint(allocation.nodes, (1,) * allocation.nodes, "node", False))
-    nodes = _from_allocation("nodes", cfg.get("nodes"), allocation and allocation.nodes, 1, allocation)
+    nodes = _from_allocation("nodes", cfg.get("nodes"), 1, allocation)
     nodes = _positive_int("nodes", nodes)
-    node_rank = _from_allocation("node_rank", cfg.get("node_rank"),
-                                 allocation and allocation.node_rank, 0, allocation)
+    node_rank = _from_allocation("node_rank", cfg.get("node_rank"), 0, allocation)
     if not _is_int(node_rank) or not 0 <= node_rank < nodes:
         raise ConfigError("node_rank", node_rank, f"allowed: auto or an integer in [0, {nodes}) for nodes={nodes}")
     mode = _mode(cfg.get("launcher"))
@@ -377,8 +375,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
     dry_run = cfg.get("dry_run")
     if not isinstance(dry_run, bool):
         raise ConfigError("dry_run", dry_run, "allowed: true, false")
-    master_addr = str(_from_allocation("master_addr", cfg.get("master_addr"),
-                                       allocation and allocation.master_addr, "127.0.0.1", allocation))
+    master_addr = str(_from_allocation("master_addr", cfg.get("master_addr"), "127.0.0.1", allocation))
     target = _target(cfg, run_dir)
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -137,15 +138,13 @@ def supervised(grace_s: float) -> Iterator[None]:
         _reap_zombies()
 
 
-def run_forwarding_signals(command: list[str], env: dict[str, str] | None = None) -> int:
+def run_forwarding_signals(command: list[str]) -> int:
     """Run ``command`` as a child and pass Slurm's stop signals on to it; its exit code.
 
     For a wrapper process whose own handlers (submitit's) would requeue the job on USR2 before the
     ranks have written their checkpoint: the ranks decide, this process only relays.
     """
-    import subprocess
-
-    child = subprocess.Popen(command, env=env)
+    child = subprocess.Popen(command)
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)

@@ -95,7 +95,7 @@ def all_reduce_scalars(values: list[float], device: torch.device,
     return tensor.tolist()
 
 
-def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> bool:
+def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> None:
     """Run one throw-away backward so DDP fixes its gradient-bucket layout before training.
 
     DDP lays its buckets out anew after the first backward of a process. With more than two ranks
@@ -104,10 +104,10 @@ def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> bool:
     rounding. Settling the layout first makes every real step use the same one, in every run.
     The pass is a real training-mode pass (the same graph as a step, so no parameter looks unused)
     whose traces are undone: buffers such as BatchNorm statistics and the RNG are restored, and the
-    gradients (all zero) dropped. Returns True: call it once per process.
+    gradients (all zero) dropped. Call it once per process.
     """
     if not isinstance(example, torch.Tensor):
-        return True  # a model taking structured inputs keeps DDP's default behaviour
+        return  # a model taking structured inputs keeps DDP's default behaviour
     buffers = [buffer.detach().clone() for buffer in ddp_model.buffers()]
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -121,4 +121,3 @@ def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> bool:
     torch.set_rng_state(rng)
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
-    return True

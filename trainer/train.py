@@ -249,7 +249,8 @@ def train(cfg: DictConfig) -> int:
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
                 if not buckets_settled:  # once per process, before its first real step
-                    buckets_settled = settle_gradient_buckets(ddp_model, inputs[:1])
+                    settle_gradient_buckets(ddp_model, inputs[:1])
+                    buckets_settled = True
                 # Gradient accumulation: DDP syncs only on the micro-batch that ends a group (or
                 # the epoch); the loss is divided so the group's gradient is the mean over it.
                 progress.step_in_epoch += 1
