@@ -63,7 +63,7 @@ def wrong_master(cluster: VirtualCluster, work: Path, timeout: float) -> list[tu
 
 def cut_link(cluster: VirtualCluster, work: Path, timeout: float, mode: str) -> list[tuple[int, float]]:
     common = [f"master_addr={cluster.address(0)}", f"launcher={mode}", "trainer.epochs=1000",
-              "data.dataset.num_samples=1024", "checkpoint.every_epochs=0", "init_timeout=60",
+              "data.dataset.num_samples=1024", "save.every_epochs=0", "init_timeout=60",
               f"collective_timeout={timeout:g}"]
     procs = [start(launcher_command(cluster, node, work / f"n{node}", *common)) for node in (1, 0)]
     metrics = work / "n0" / "metrics.jsonl"

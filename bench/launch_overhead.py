@@ -100,7 +100,7 @@ def launcher_command(mode: str, settings: Settings) -> Callable[[Job, Path, int]
             sys.executable, "-m", "launcher", f"launcher={mode}", f"gpus={PROCS}",
             f"trainer.epochs={epochs}", f"data.dataset.num_samples={settings.num_samples}",
             f"data.batch_size={BATCH_SIZE}", f"data.root={job.data_root}",
-            "checkpoint.every_epochs=0", f"seed={SEED}", f"hydra.run.dir={run_dir}",
+            "save.every_epochs=0", f"seed={SEED}", f"hydra.run.dir={run_dir}",
         ]
 
     return command

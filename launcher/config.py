@@ -26,12 +26,13 @@ from launcher.network import (
     route_source_address,
 )
 from launcher.ranks import RankInfo, rank_info
+from trainer.options import LR_SCALING_RULES, PRECISIONS, PROGRESS_BAR, SCHEDULE_INTERVALS
+from trainer.options import MODES as TRAINER_MODES
 
 MODES = ("torchrun", "mp_spawn", "slurm")
 RENDEZVOUS = ("static", "c10d")
 BACKENDS = ("auto", "nccl", "gloo")
 SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
-PRECISIONS = ("32", "bf16", "fp16")
 CPU_PROCESSES_WITHOUT_GPU = 2
 TRAINER_MODULE = "trainer"
 
@@ -315,10 +316,25 @@ def _slurm_rank(allocation: Allocation, procs: tuple[int, ...], cfg_gpus: Any, c
     return info
 
 
-def _check_trainer_options(trainer: Any, device_type: str) -> None:
-    """The trainer's numeric options, checked here so a typo costs one line, not a started job."""
+def _check_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "allowed: true, false")
+
+
+def _check_training_options(cfg: DictConfig, device_type: str) -> None:
+    """The trainer's options, checked here so a typo costs one line, not a started job."""
+    trainer = cfg.get("trainer")
     if not isinstance(trainer, DictConfig):
         return
+    mode = trainer.get("mode", "train")
+    if mode not in TRAINER_MODES:
+        raise ConfigError("trainer.mode", mode, f"allowed: {', '.join(TRAINER_MODES)}")
+    checkpoint = cfg.get("checkpoint")
+    if mode == "eval" and (checkpoint is None or not Path(str(checkpoint)).is_file()):
+        raise ConfigError("checkpoint", checkpoint, "trainer.mode=eval needs the path of an existing checkpoint")
+    if mode == "train" and checkpoint is not None:
+        raise ConfigError("checkpoint", checkpoint, "is read by trainer.mode=eval only; to continue "
+                          "training from it use resume=PATH")
     precision = str(trainer.get("precision", 32))
     if precision not in PRECISIONS:
         raise ConfigError("trainer.precision", trainer.get("precision"), f"allowed: {', '.join(PRECISIONS)}")
@@ -330,6 +346,21 @@ def _check_trainer_options(trainer: Any, device_type: str) -> None:
     clip = trainer.get("clip_grad_norm")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
         raise ConfigError("trainer.clip_grad_norm", clip, "null or a number > 0")
+    for key in ("channels_last", "compile", "tensorboard"):
+        _check_bool(f"trainer.{key}", trainer.get(key, False))
+    if trainer.get("progress_bar", "auto") not in PROGRESS_BAR:
+        raise ConfigError("trainer.progress_bar", trainer.get("progress_bar"), "allowed: auto, true, false")
+    for key in ("deterministic", "cudnn_benchmark"):
+        _check_bool(key, cfg.get(key, False))
+    if cfg.get("deterministic") and cfg.get("cudnn_benchmark"):
+        raise ConfigError("cudnn_benchmark", True, "benchmarking picks kernels anew in every run; "
+                          "with deterministic=true it must be false")
+    scale_lr = OmegaConf.select(cfg, "optim.scale_lr", default="none")
+    if scale_lr not in LR_SCALING_RULES:
+        raise ConfigError("optim.scale_lr", scale_lr, f"allowed: {', '.join(LR_SCALING_RULES)}")
+    interval = OmegaConf.select(cfg, "sched.interval", default="epoch")
+    if interval not in SCHEDULE_INTERVALS:
+        raise ConfigError("sched.interval", interval, f"allowed: {', '.join(SCHEDULE_INTERVALS)}")
 
 
 def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | None = None) -> JobConfig:
@@ -366,7 +397,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
     backend = _backend(cfg.get("backend"), procs[node_rank], cuda_devices)
     slurm_rank = (_slurm_rank(allocation, procs, gpus, backend == "nccl", mode)
                   if slurm_ranks else None)
-    _check_trainer_options(cfg.get("trainer"), "cuda" if backend == "nccl" else "cpu")
+    _check_training_options(cfg, "cuda" if backend == "nccl" else "cpu")
     init_timeout = _seconds("init_timeout", cfg.get("init_timeout"))
     _seconds("collective_timeout", cfg.get("collective_timeout"))
     seed = cfg.get("seed")

@@ -186,7 +186,7 @@ def test_cut_link_fails_every_rank_within_the_collective_timeout(launcher, tmp_p
         cut_at["t"] = time.monotonic()
 
     per_node = node_overrides(kind, "data.dataset.num_samples=1024", "trainer.epochs=1000",
-                              "checkpoint.every_epochs=0", "collective_timeout=5", "init_timeout=60")
+                              "save.every_epochs=0", "collective_timeout=5", "init_timeout=60")
     results = run_nodes(launcher, tmp_path, per_node, prefix=in_namespace(cluster),
                         started=cut_once_training, timeout_s=150)
     for node, result in results.items():
@@ -198,7 +198,7 @@ def test_cut_link_fails_every_rank_within_the_collective_timeout(launcher, tmp_p
 
 
 def test_restart_resumes_from_the_checkpoint_and_matches_an_uninterrupted_run(launcher, tmp_path, cluster):
-    small = ["data.dataset.num_samples=2048", "trainer.epochs=3", "checkpoint.every_steps=4",
+    small = ["data.dataset.num_samples=2048", "trainer.epochs=3", "save.every_steps=4",
              "model._target_=tests.plugins.FaultyMLP", "init_timeout=60"]
     fault = ["+model.fault_step=20", "+model.rank=1", f"+model.marker={tmp_path / 'faulted'}"]
     per_node = node_overrides("torchrun", *small, *fault, "launcher.max_restarts=1")

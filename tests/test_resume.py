@@ -29,11 +29,11 @@ def killed_then_resumed(launcher, tmp_path, overrides, fault_step):
 @pytest.mark.parametrize(
     ("mode", "checkpointing", "fault_step", "expect_mid_epoch", "total_steps"),
     [
-        ("torchrun", ["checkpoint.every_epochs=1"], 20, False, 39),  # last checkpoint: end of epoch 1
-        ("mp_spawn", ["checkpoint.every_steps=5"], 23, True, 39),    # last checkpoint: step 20, mid-epoch
+        ("torchrun", ["save.every_epochs=1"], 20, False, 39),  # last checkpoint: end of epoch 1
+        ("mp_spawn", ["save.every_steps=5"], 23, True, 39),    # last checkpoint: step 20, mid-epoch
         # Four ranks (7 steps per epoch): with more than two, the gradient sum's order depends on
         # DDP's bucket layout, which a resumed process must not lay out differently.
-        ("mp_spawn", ["gpus=4", "checkpoint.every_steps=5"], 12, True, 21),
+        ("mp_spawn", ["gpus=4", "save.every_steps=5"], 12, True, 21),
     ],
     ids=["epoch-boundary", "mid-epoch", "mid-epoch-4-ranks"],
 )
@@ -68,7 +68,7 @@ def test_checkpoint_holds_what_resume_needs_and_loads_safely(launcher):
 
 def test_resume_with_another_world_size_restarts_the_epoch(launcher, tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "fault_marker"
-    common = [*SMALL, "trainer.epochs=1", "checkpoint.every_steps=3", "+model.fault_step=5",
+    common = [*SMALL, "trainer.epochs=1", "save.every_steps=3", "+model.fault_step=5",
               "+model.action=kill_job", f"+model.marker={marker}"]
     assert launcher.run(*common, "gpus=2", run_dir=run_dir).returncode == -9
     wait_for_no_leftovers(launcher.job_ids[-1], timeout_s=15)
@@ -85,7 +85,7 @@ def test_time_limit_signal_stops_every_rank_at_one_step_and_resumes_exactly(laun
     agreement, step 12), checkpoint, and a resumed run ends as if never stopped. Outside a real
     job the requeue fails, so the job ends non-zero with the checkpoint written."""
     overrides = [*SMALL, "launcher=mp_spawn", "gpus=4", "trainer.stop_check_steps=4",
-                 "checkpoint.every_epochs=0"]
+                 "save.every_epochs=0"]
     slurm_job = {"SLURM_JOB_ID": "424242"}
     reference = launcher.run(*overrides, run_dir=tmp_path / "reference", env=slurm_job)
     assert_ok(reference)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+import json
+import math
+import shlex
+import subprocess
 
-from tests.conftest import assert_ok
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import assert_ok, wait_for_no_leftovers
+from trainer.schedules import warmup_cosine_factor
 
 # 2560 samples, 20 % held out: 1024 per rank, so batches of 32 and 64 both tile an epoch exactly.
 EVEN = ["data.dataset.num_samples=2560", "trainer.epochs=2", "launcher=mp_spawn", "gpus=2"]
@@ -42,10 +50,122 @@ def test_bf16_autocast_on_cpu_trains_and_changes_the_arithmetic(launcher, tmp_pa
 
 
 def test_clipping_to_a_tiny_norm_leaves_the_weights_where_no_learning_would(launcher, tmp_path):
-    common = [*EVEN, "trainer.epochs=1", "checkpoint.every_epochs=1"]
+    common = [*EVEN, "trainer.epochs=1", "save.every_epochs=1"]
     frozen = launcher.run(*common, "optim.lr=0", run_dir=tmp_path / "frozen")
     clipped = launcher.run(*common, "trainer.clip_grad_norm=1e-9", "optim.weight_decay=0",
                            run_dir=tmp_path / "clipped")
     assert_ok(frozen)
     assert_ok(clipped)
     assert max_difference(final_weights(frozen), final_weights(clipped)) < 1e-7
+
+
+def scalars(run_dir, tag: str) -> dict[int, float]:
+    """One TensorBoard tag as {step: value}, read the way `tensorboard --logdir` reads it."""
+    files = [path for path in run_dir.rglob("events.out.tfevents.*")]
+    assert len(files) == 1, f"expected one event file (rank 0's), found {files}"
+    events = EventAccumulator(str(files[0].parent))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_warmup_cosine_moves_every_step_and_tensorboard_shows_it(launcher, tmp_path):
+    # 32 optimizer steps (16 per epoch): 8 of linear warm-up, then the cosine down to 0.
+    launch = launcher.run(*EVEN, "sched=cosine", "sched.scheduler.warmup=8", run_dir=tmp_path / "run")
+    assert_ok(launch)
+    lrs = scalars(launch.run_dir, "train/lr")  # the lr each optimizer step used
+    assert sorted(lrs) == list(range(1, 33))
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(0.1 * warmup_cosine_factor(step - 1, 32, 8, 0.01, 0.0), rel=1e-6, abs=1e-9)
+    assert lrs[1] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.1)  # warm-up, then the peak
+    assert all(lrs[s] < lrs[s + 1] for s in range(1, 9)) and all(lrs[s] > lrs[s + 1] for s in range(9, 32))
+    records = metrics(launch.run_dir)
+    val_acc = scalars(launch.run_dir, "epoch/val_acc")
+    assert val_acc == pytest.approx({r["global_step"]: r["val_acc"] for r in records}, abs=1e-6)
+    for tag in ("train/batch_loss", "epoch/train_loss", "epoch/val_loss", "epoch/samples_per_s"):
+        assert scalars(launch.run_dir, tag), f"no {tag} in TensorBoard"
+    assert all(r["samples_per_s"] > 0 for r in records)
+    assert "%|" not in launch.stderr, "a progress bar was drawn into a pipe"
+
+
+def test_multistep_schedule_per_epoch(launcher, tmp_path):
+    launch = launcher.run(*EVEN, "sched=multistep", "sched.scheduler.milestones=[1]", run_dir=tmp_path / "run")
+    assert_ok(launch)
+    lrs = scalars(launch.run_dir, "train/lr")
+    assert [lrs[s] for s in range(1, 33)] == pytest.approx([0.1] * 16 + [0.01] * 16)
+    assert [r["lr"] for r in metrics(launch.run_dir)] == pytest.approx([0.01, 0.01])
+
+
+def test_linear_lr_scaling_equals_the_scaled_lr_given_by_hand(launcher, tmp_path):
+    common = [*EVEN, "trainer.epochs=1"]
+    scaled = launcher.run(*common, "optim.lr=0.05", "optim.scale_lr=linear", run_dir=tmp_path / "scaled")
+    by_hand = launcher.run(*common, "optim.lr=0.1", run_dir=tmp_path / "by_hand")
+    sqrt = launcher.run(*common, "optim.lr=0.05", "optim.scale_lr=sqrt", run_dir=tmp_path / "sqrt")
+    for launch in (scaled, by_hand, sqrt):
+        assert_ok(launch)
+    assert scaled.summary()["lr"] == pytest.approx(0.1)
+    assert scaled.summary()["weights_sha256"] == by_hand.summary()["weights_sha256"]
+    assert sqrt.summary()["lr"] == pytest.approx(0.05 * math.sqrt(2))
+
+
+def test_deterministic_mode_refuses_an_op_without_a_deterministic_kernel(launcher, tmp_path):
+    plugin = ["model._target_=tests.plugins.PutMLP", "trainer.epochs=1", "data.dataset.num_samples=512"]
+    strict = launcher.run(*plugin, "deterministic=true", run_dir=tmp_path / "strict")
+    assert strict.returncode != 0
+    assert "put_ does not have a deterministic implementation" in strict.stderr, strict.stderr[-3000:]
+    assert "rank 0" in strict.stderr
+    relaxed = launcher.run(*plugin, "cudnn_benchmark=true", run_dir=tmp_path / "relaxed")
+    assert_ok(relaxed)
+    assert relaxed.summary()["deterministic"] is False and relaxed.summary()["cudnn_benchmark"] is True
+
+
+def test_eval_mode_reproduces_the_training_metrics_at_any_world_size(launcher, tmp_path):
+    trained = launcher.run(*EVEN, run_dir=tmp_path / "train")
+    assert_ok(trained)
+    last = trained.run_dir / "checkpoints" / "last.pt"
+    for world_size in (3, 1):  # 512 validation samples: 3 ranks get unequal shards
+        evaluated = launcher.run("trainer.mode=eval", f"checkpoint={last}", f"gpus={world_size}",
+                                 "data.dataset.num_samples=2560", "launcher=mp_spawn",
+                                 run_dir=tmp_path / f"eval{world_size}")
+        assert_ok(evaluated)
+        result = evaluated.summary()
+        assert result["mode"] == "eval" and result["world_size"] == world_size
+        assert result["val_samples"] == 512 and result["checkpoint_global_step"] == 32
+        assert result["weights_sha256"] == trained.summary()["weights_sha256"]
+        assert result["val_acc"] == trained.summary()["val_acc"]
+        assert result["val_loss"] == pytest.approx(trained.summary()["val_loss"], abs=1e-6)
+        assert not (evaluated.run_dir / "checkpoints").exists(), "evaluation wrote a checkpoint"
+
+
+def test_progress_bar_on_a_terminal_only_from_rank_0(launcher, tmp_path):
+    """`script` gives the launcher a pseudo-terminal, as an interactive shell would."""
+    job_id = launcher.new_job_id()
+    command = launcher.command(tmp_path / "run", ("trainer.epochs=1", "data.dataset.num_samples=2560",
+                                                  "data.batch_size=16"))
+    # A fresh pseudo-terminal is 0 columns wide; a real one has a size (tqdm draws to fit it).
+    shell = f"stty cols 120 rows 40; exec {shlex.join(command)}"
+    result = subprocess.run(["script", "-qefc", shell, "/dev/null"], cwd=launcher.workdir,
+                            env=launcher.env(job_id), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    wait_for_no_leftovers(job_id)
+    bar = [line for line in result.stdout.replace("\r", "\n").splitlines() if line.startswith("epoch 1/1:")]
+    assert bar, f"no progress bar on the terminal:\n{result.stdout[-2000:]}"
+    assert any("100%" in line and "64/64" in line for line in bar), bar[-3:]  # 1024 samples / 16 per batch
+    assert any("loss=" in line for line in bar), bar[-3:]
+    assert sum("| 0/64 [" in line for line in bar) == 1, f"not exactly one bar was started: {bar}"
+
+
+def test_compile_runs_the_model_through_inductor(launcher, tmp_path):
+    common = [*EVEN, "trainer.epochs=1"]
+    cache = tmp_path / "inductor"
+    compiled = launcher.run(*common, "trainer.compile=true", run_dir=tmp_path / "compiled",
+                            env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    eager = launcher.run(*common, run_dir=tmp_path / "eager")
+    assert_ok(compiled)
+    assert_ok(eager)
+    assert compiled.summary()["compiled"] is True
+    assert any(path.suffix == ".py" for path in cache.rglob("*")), "inductor generated no kernels"
+    assert compiled.summary()["val_loss"] == pytest.approx(eager.summary()["val_loss"], abs=1e-4)

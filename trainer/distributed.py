@@ -44,6 +44,18 @@ def limit_cpu_threads(env: DistEnv) -> int:
     return threads
 
 
+def configure_determinism(deterministic: bool, cudnn_benchmark: bool) -> None:
+    """``deterministic``: every op must have a deterministic kernel (an op without one raises
+    instead of silently varying); ``cudnn_benchmark``: let cuDNN time its algorithms for fixed
+    shapes, which picks them anew each run, hence the launcher refuses both at once."""
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; read when its first handle is made.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

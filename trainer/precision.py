@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
-DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from trainer.options import PRECISIONS
+
+DTYPES = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 @dataclass

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from trainer import checkpoint
 from trainer.curves import plot_curves
 from trainer.data import ResumableDistributedSampler, ShardSampler, caching_rank_first
 from trainer.distributed import (
     all_reduce_scalars,
+    configure_determinism,
     limit_cpu_threads,
     process_group,
     resolve_backend,
@@ -39,6 +41,8 @@ from trainer.distributed import (
 )
 from trainer.env import DistEnv
 from trainer.logs import setup_logging
+from trainer.monitor import Monitor, SilentMonitor
+from trainer.options import MODES
 from trainer.precision import MixedPrecision
 from trainer.preemption import (
     REQUEUED_EXIT_CODE,
@@ -48,6 +52,7 @@ from trainer.preemption import (
     ignore_stop_signals,
     requeue_this_job,
 )
+from trainer.schedules import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -59,13 +64,70 @@ class Progress:
     global_step: int = 0
     epoch_loss_sum: float = 0.0  # this rank's loss x samples so far in `epoch`
     epoch_samples: int = 0
+    epoch_time_s: float = 0.0  # this rank's training time in `epoch` (evaluation excluded)
     train_time_s: float = 0.0
     train_samples: int = 0  # this rank's samples over the whole run
     first_step_unix_s: float = 0.0  # when this rank finished its first optimizer step
 
     def start_epoch(self, epoch: int) -> Progress:
         """The same run, at the beginning of ``epoch``: the epoch-local counters start over."""
-        return replace(self, epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_samples=0)
+        return replace(self, epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_samples=0,
+                       epoch_time_s=0.0)
+
+    def add_time(self, seconds: float) -> None:
+        self.epoch_time_s += seconds
+        self.train_time_s += seconds
+
+
+@dataclass
+class Worker:
+    """This process's place in the job and what it runs on."""
+
+    env: DistEnv
+    run_dir: Path
+    log: logging.Logger
+    backend: str
+    device: torch.device
+
+
+@contextlib.contextmanager
+def started(cfg: DictConfig) -> Iterator[Worker]:
+    """Logging, determinism, device and process group: the same start for training and evaluation."""
+    env = DistEnv.from_environ()
+    run_dir = Path(cfg.run_dir)
+    log = setup_logging(env.rank, run_dir)
+    configure_determinism(cfg.deterministic, cfg.cudnn_benchmark)
+    backend = resolve_backend(cfg.backend)
+    device = select_device(backend, env)
+    threads = limit_cpu_threads(env)
+    with process_group(env, backend, cfg.init_timeout, cfg.collective_timeout):
+        log.info("rank %d/%d up: backend=%s device=%s threads/rank=%d", env.rank, env.world_size,
+                 backend, device, threads)
+        seed_everything(cfg.seed)
+        yield Worker(env, run_dir, log, backend, device)
+
+
+def prepare_data(cfg: DictConfig, env: DistEnv) -> tuple[Dataset, Dataset]:
+    """Prepared (downloaded, generated) once per cache scope, behind a barrier that outlasts slow
+    downloads; then every rank opens the cache."""
+    data_module = instantiate(cfg.data.dataset)
+    with caching_rank_first(env, cfg.data.cache_scope, cfg.data.prepare_timeout) as caching:
+        if caching:
+            data_module.prepare()
+    return data_module.datasets()
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    model = instantiate(cfg.model).to(device)
+    if cfg.trainer.channels_last:  # NHWC: faster convolutions on tensor cores and oneDNN
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    if channels_last and tensor.dim() == 4:
+        return tensor.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return tensor.to(device, non_blocking=True)
 
 
 def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
@@ -91,12 +153,13 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+             channels_last: bool) -> tuple[float, float]:
     """Loss and accuracy over the whole validation set: sums reduced over ranks, then divided."""
     model.eval()
     loss_sum, correct, count = 0.0, 0.0, 0.0
     for inputs, targets in loader:
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device, False)
         logits = model(inputs)
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         correct += (logits.argmax(dim=1) == targets).sum().item()
@@ -146,15 +209,6 @@ def save_checkpoint(path: Path, env: DistEnv, model: torch.nn.Module, optimizer:
         )
 
 
-def trim_metrics(metrics_path: Path, before_epoch: int) -> None:
-    """On resume, drop records of epochs the checkpoint does not cover (they will be redone)."""
-    if not metrics_path.exists():
-        return
-    kept = [line for line in metrics_path.read_text().splitlines()
-            if line and json.loads(line)["epoch"] < before_epoch]
-    metrics_path.write_text("".join(line + "\n" for line in kept))
-
-
 def processes_per_node(env: DistEnv) -> list[int]:
     """How many ranks each node ran, as the ranks themselves report it (collective)."""
     reports: list[Any] = [None] * env.world_size
@@ -174,36 +228,32 @@ def stop_for_slurm(stop: StopRequest, env: DistEnv, log: logging.Logger, max_req
     return REQUEUED_EXIT_CODE if requeued[0] else STOPPED_EXIT_CODE
 
 
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    tmp = run_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, run_dir / "summary.json")
+
+
 def train(cfg: DictConfig) -> int:
     """The whole run on this rank; returns the process's exit code."""
     start = time.perf_counter()
-    env = DistEnv.from_environ()
-    run_dir = Path(cfg.run_dir)
-    log = setup_logging(env.rank, run_dir)
-    backend = resolve_backend(cfg.backend)
-    device = select_device(backend, env)
-    threads = limit_cpu_threads(env)
-
-    with process_group(env, backend, cfg.init_timeout, cfg.collective_timeout):
-        log.info("rank %d/%d up: backend=%s device=%s threads/rank=%d", env.rank, env.world_size,
-                 backend, device, threads)
-        seed_everything(cfg.seed)
-
-        # Data: prepared once per scope, behind a barrier that outlasts slow downloads.
-        data_module = instantiate(cfg.data.dataset)
-        with caching_rank_first(env, cfg.data.cache_scope, cfg.data.prepare_timeout) as caching:
-            if caching:
-                data_module.prepare()
-        train_set, val_set = data_module.datasets()
+    with started(cfg) as worker:
+        env, run_dir, log, device = worker.env, worker.run_dir, worker.log, worker.device
+        train_set, val_set = prepare_data(cfg, env)
         train_loader, val_loader, sampler = build_loaders(cfg, env, train_set, val_set, device)
 
         # Model, optimizer, schedule.
-        model = instantiate(cfg.model).to(device)
+        model = build_model(cfg, device)
+        if cfg.trainer.compile:
+            # In place, inside DDP: the state dict keeps its plain names; DDP's own hooks stay eager.
+            model.compile()
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        optimizer = instantiate(cfg.optim, params=model.parameters())
+        optimizer = build_optimizer(cfg.optim, model.parameters(), env.world_size)
         precision = MixedPrecision.from_config(cfg.trainer.precision, device)
-        scheduler = (instantiate(cfg.sched.scheduler, optimizer=optimizer)
-                     if cfg.sched.scheduler is not None else None)
+        accumulate, clip_grad_norm = cfg.trainer.accumulate, cfg.trainer.clip_grad_norm
+        batch_size, epochs = cfg.data.batch_size, cfg.trainer.epochs
+        micro_batches = math.ceil(sampler.num_samples / batch_size)  # per epoch, on this rank
+        scheduler = build_scheduler(cfg.sched, optimizer, math.ceil(micro_batches / accumulate), epochs)
         step_scheduler_each_step = cfg.sched.interval == "step"
 
         # Resume: rank 0 reads, everyone restores the same state (and its own RNG).
@@ -228,28 +278,28 @@ def train(cfg: DictConfig) -> int:
                 progress = progress.start_epoch(progress.epoch)
             log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
                      progress.epoch, progress.step_in_epoch, progress.global_step)
-        metrics_path = run_dir / "metrics.jsonl"
-        if env.is_main:
-            trim_metrics(metrics_path, progress.epoch)
+        monitor = (Monitor(run_dir, cfg.trainer.progress_bar, cfg.trainer.tensorboard, progress.global_step)
+                   if env.is_main else SilentMonitor())
+        monitor.trim_to_epoch(progress.epoch)
 
         # Plain values: OmegaConf lookups cost tens of microseconds, too much for the step loop.
-        epochs, log_every = cfg.trainer.epochs, cfg.trainer.log_every_steps
-        every_steps, every_epochs = cfg.checkpoint.every_steps, cfg.checkpoint.every_epochs
-        batch_size = cfg.data.batch_size
+        log_every = cfg.trainer.log_every_steps
+        every_steps, every_epochs = cfg.save.every_steps, cfg.save.every_epochs
+        channels_last = cfg.trainer.channels_last
         stop_signals = StopSignals(cfg.trainer.stop_check_steps).install() if StopSignals.wanted() else None
         stop = None
         buckets_settled = False
         val_loss, val_acc = math.nan, math.nan
-        accumulate, clip_grad_norm = cfg.trainer.accumulate, cfg.trainer.clip_grad_norm
-        micro_batches = math.ceil(sampler.num_samples / batch_size)  # per epoch, on this rank
+
         for epoch in range(progress.epoch, epochs):
             sampler.set_epoch(epoch, start_index=progress.step_in_epoch * batch_size)
+            monitor.start_epoch(epoch, epochs, micro_batches, progress.step_in_epoch)
             epoch_start = time.perf_counter()
             for inputs, targets in train_loader:
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
+                inputs = to_device(inputs, device, channels_last)
+                targets = to_device(targets, device, False)
                 if not buckets_settled:  # once per process, before its first real step
-                    settle_gradient_buckets(ddp_model, inputs[:1])
+                    settle_gradient_buckets(ddp_model, inputs)
                     buckets_settled = True
                 # Gradient accumulation: DDP syncs only on the micro-batch that ends a group (or
                 # the epoch); the loss is divided so the group's gradient is the mean over it.
@@ -259,10 +309,12 @@ def train(cfg: DictConfig) -> int:
                     with precision.autocast():
                         loss = F.cross_entropy(ddp_model(inputs), targets)
                     precision.scaler.scale(loss / accumulate).backward()
-                batch = targets.numel()
-                progress.epoch_loss_sum += loss.item() * batch
+                batch, loss_value = targets.numel(), loss.item()
+                progress.epoch_loss_sum += loss_value * batch
                 progress.epoch_samples += batch
                 progress.train_samples += batch
+                lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
+                monitor.micro_batch(loss_value, lr)
                 if not ends_group:
                     continue
                 if clip_grad_norm:
@@ -277,57 +329,64 @@ def train(cfg: DictConfig) -> int:
                 if not progress.first_step_unix_s:
                     progress.first_step_unix_s = time.time()
                 progress.global_step += 1
+                monitor.optimizer_step(progress.global_step, loss_value, lr)
                 if log_every and progress.global_step % log_every == 0:
-                    log.info("epoch %d step %d loss %.4f", epoch, progress.step_in_epoch, loss.item())
+                    log.info("epoch %d step %d loss %.4f lr %.4g", epoch, progress.step_in_epoch, loss_value, lr)
                 if every_steps and progress.global_step % every_steps == 0:
-                    progress.train_time_s += time.perf_counter() - epoch_start
+                    progress.add_time(time.perf_counter() - epoch_start)
                     epoch_start = time.perf_counter()
                     save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
                 if stop_signals and (stop := stop_signals.agreed(progress.global_step, device)):
                     break
-            progress.train_time_s += time.perf_counter() - epoch_start
+            progress.add_time(time.perf_counter() - epoch_start)
             if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
                 save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
+                monitor.close()
                 del ddp_model, model, optimizer, scheduler, train_loader, val_loader
                 return stop_for_slurm(stop, env, log, cfg.slurm.max_requeues)
 
             if scheduler is not None and not step_scheduler_each_step:
                 scheduler.step()
-            loss_sum, samples = all_reduce_scalars([progress.epoch_loss_sum, progress.epoch_samples], device)
-            val_loss, val_acc = evaluate(ddp_model, val_loader, device)
+            loss_sum, samples, epoch_time = all_reduce_scalars(
+                [progress.epoch_loss_sum, progress.epoch_samples, progress.epoch_time_s], device)
+            val_loss, val_acc = evaluate(ddp_model, val_loader, device, channels_last)
             record = {
                 "epoch": epoch,
                 "global_step": progress.global_step,
                 "train_loss": loss_sum / max(samples, 1),
                 "val_loss": val_loss,
                 "val_acc": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
+                "samples_per_s": samples / (epoch_time / env.world_size) if epoch_time > 0 else 0.0,
             }
             log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f lr=%.4g", epoch + 1,
                      epochs, record["train_loss"], val_loss, val_acc, record["lr"])
             progress = progress.start_epoch(epoch + 1)
             if every_epochs and (epoch + 1) % every_epochs == 0:
                 save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
-            if env.is_main:
-                with metrics_path.open("a") as file:
-                    file.write(json.dumps(record) + "\n")
+            monitor.end_epoch(record)
 
         if math.isnan(val_loss):  # resumed after the last epoch: report the final model anyway
-            val_loss, val_acc = evaluate(ddp_model, val_loader, device)
+            val_loss, val_acc = evaluate(ddp_model, val_loader, device, channels_last)
         total_samples, time_sum = all_reduce_scalars([progress.train_samples, progress.train_time_s], device)
         mean_train_time = time_sum / env.world_size
         (first_step_done,) = all_reduce_scalars([progress.first_step_unix_s], device, dist.ReduceOp.MAX)
         gpus_per_node = processes_per_node(env)
         summary = {
+            "mode": "train",
             "world_size": env.world_size,
             "nodes": len(gpus_per_node),
             "gpus_per_node": gpus_per_node,
-            "backend": backend,
+            "backend": worker.backend,
             "launcher": OmegaConf.select(cfg, "launcher.name", default="external"),
             "epochs": epochs,
-            "restarts": env.restart,
+            "restarts": env.restart,  # torchrun restarts and Slurm requeues this job needed
             "precision": precision.name,
-            "accumulate": accumulate,  # torchrun restarts this job needed (launcher.max_restarts)
+            "accumulate": accumulate,
+            "lr": optimizer.defaults["lr"],  # after optim.scale_lr
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "compiled": cfg.trainer.compile,
             "global_step": progress.global_step,
             "val_loss": val_loss,
             "val_acc": val_acc,
@@ -336,12 +395,11 @@ def train(cfg: DictConfig) -> int:
             "first_step_unix_s": first_step_done,  # every rank had taken one optimizer step by then
             "weights_sha256": checkpoint.weights_sha256(model),
         }
+        monitor.close()
         if env.is_main:
-            tmp = run_dir / ".summary.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(tmp, run_dir / "summary.json")
-            if metrics_path.exists():
-                plot_curves(metrics_path, run_dir / "curves.png")
+            write_summary(run_dir, summary)
+            if monitor.metrics_path.exists():
+                plot_curves(monitor.metrics_path, run_dir / "curves.png")
             log.info("done: val_acc=%.4f val_loss=%.4f %.0f samples/s, summary in %s",
                      val_acc, val_loss, summary["train_samples_per_s"], run_dir / "summary.json")
         del ddp_model, model, optimizer, scheduler, train_loader, val_loader
@@ -350,8 +408,45 @@ def train(cfg: DictConfig) -> int:
     return 0
 
 
+def evaluate_checkpoint(cfg: DictConfig) -> int:
+    """``trainer.mode=eval checkpoint=PATH``: the validation metrics of a saved model, computed by
+    every rank on its shard and reduced exactly as during training (any world size)."""
+    start = time.perf_counter()
+    with started(cfg) as worker:
+        env, log, device = worker.env, worker.log, worker.device
+        train_set, val_set = prepare_data(cfg, env)
+        _, val_loader, _ = build_loaders(cfg, env, train_set, val_set, device)
+        model = build_model(cfg, device)
+        state = checkpoint.load_on_rank0(Path(cfg.checkpoint))
+        assert state is not None
+        model.load_state_dict(state["model"])
+        val_loss, val_acc = evaluate(model, val_loader, device, cfg.trainer.channels_last)
+        trained = state["progress"]
+        summary = {
+            "mode": "eval",
+            "checkpoint": str(Path(cfg.checkpoint).resolve()),
+            "checkpoint_epoch": trained["epoch"],
+            "checkpoint_global_step": trained["global_step"],
+            "world_size": env.world_size,
+            "backend": worker.backend,
+            "val_samples": len(val_set),  # type: ignore[arg-type]
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "wall_s": time.perf_counter() - start,
+            "weights_sha256": checkpoint.weights_sha256(model),
+        }
+        if env.is_main:
+            write_summary(worker.run_dir, summary)
+            log.info("eval of %s: val_acc=%.4f val_loss=%.4f over %d samples", cfg.checkpoint,
+                     val_acc, val_loss, summary["val_samples"])
+        del model, val_loader
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         raise SystemExit("usage: python -m trainer RUN_DIR/config.yaml")
-    return train(OmegaConf.load(argv[0]))
-
+    cfg = OmegaConf.load(argv[0])
+    if cfg.trainer.mode not in MODES:
+        raise SystemExit(f"trainer.mode={cfg.trainer.mode!r}: allowed: {', '.join(MODES)}")
+    return evaluate_checkpoint(cfg) if cfg.trainer.mode == "eval" else train(cfg)

@@ -1,0 +1,90 @@
+"""What rank 0 shows of a run: metrics.jsonl, TensorBoard scalars, and a progress bar on a terminal.
+
+Every other rank gets a monitor that does nothing, so the training loop has no rank checks and
+only one process writes files or draws.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from trainer.options import PROGRESS_BAR
+
+POSTFIX_EVERY = 20  # micro-batches between loss/lr updates of the bar (formatting costs time)
+
+
+class Monitor:
+    """Rank 0's view of the run: one instance per run, on rank 0 only."""
+
+    def __init__(self, run_dir: Path, progress_bar: Any, tensorboard: bool, resumed_step: int) -> None:
+        if progress_bar not in PROGRESS_BAR:
+            raise ValueError(f"trainer.progress_bar={progress_bar!r}: allowed: auto, true, false")
+        self.metrics_path = run_dir / "metrics.jsonl"
+        # auto: a bar only on a terminal; in a log file it would be thousands of carriage returns.
+        self.show_bar = progress_bar is True or (progress_bar == "auto" and sys.stderr.isatty())
+        # purge_step: after a resume, TensorBoard hides what the crashed attempt logged past the
+        # checkpoint, so the curves do not fold back on themselves.
+        self.writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step or None)
+                       if tensorboard else None)
+        self.bar: tqdm | None = None
+
+    def trim_to_epoch(self, epoch: int) -> None:
+        """On resume, drop metrics of epochs the checkpoint does not cover (they will be redone)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line and json.loads(line)["epoch"] < epoch]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def start_epoch(self, epoch: int, epochs: int, micro_batches: int, done: int) -> None:
+        if self.show_bar:
+            self.bar = tqdm(total=micro_batches, initial=done, desc=f"epoch {epoch + 1}/{epochs}",
+                            unit="batch", dynamic_ncols=True, file=sys.stderr)
+
+    def micro_batch(self, loss: float, lr: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.bar.n % POSTFIX_EVERY == 0:
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+
+    def optimizer_step(self, global_step: int, loss: float, lr: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/batch_loss", loss, global_step)
+            self.writer.add_scalar("train/lr", lr, global_step)
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Close the bar, append the epoch's record to metrics.jsonl and TensorBoard."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        with self.metrics_path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key in ("train_loss", "val_loss", "val_acc", "samples_per_s"):
+                self.writer.add_scalar(f"epoch/{key}", record[key], record["global_step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class SilentMonitor(Monitor):
+    """The monitor of every rank but 0."""
+
+    def __init__(self) -> None:
+        self.bar, self.writer, self.show_bar = None, None, False
+
+    def trim_to_epoch(self, epoch: int) -> None:
+        pass
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        pass
