@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from trainer.data import SyntheticClassification
 from trainer.models import MLP
+from trainer.vision import MNISTData
 
 
 class CountingSynthetic(SyntheticClassification):
@@ -97,3 +98,31 @@ class FaultyMLP(MLP):
             os.kill(os.getppid(), signal.SIGKILL)
             time.sleep(60)  # the parent-death signal ends us
         raise RuntimeError(f"deliberate fault at training step {self.steps}")
+
+
+class PutMLP(MLP):
+    """An MLP whose forward uses ``Tensor.put_``, an op with no deterministic kernel on CPU."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(inputs)
+        return logits + torch.zeros(logits.numel()).put_(torch.tensor([0]), torch.tensor([0.0])).view_as(logits)
+
+
+class CountingMNIST(MNISTData):
+    """MNIST that records, per rank, when ``prepare()`` ran and when ``datasets()`` was entered,
+    into ``root/calls``: the tests check only the caching rank prepares, before anyone reads."""
+
+    def _record(self, what: str) -> None:
+        with open(self.root / "calls", "a") as log:
+            log.write(json.dumps({"what": what, "rank": int(os.environ["RANK"]),
+                                  "t": time.time()}) + "\n")
+
+    def prepare(self) -> None:
+        self._record("prepare_start")
+        time.sleep(1.0)  # a slow download: a rank that did not wait would read before it ended
+        super().prepare()
+        self._record("prepare_end")
+
+    def datasets(self):
+        self._record("datasets")
+        return super().datasets()
