@@ -150,8 +150,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# A requeued job is eligible cred_expire+1 s after the requeue (default 120 s).
-AuthInfo=cred_expire=10
+# A requeued job is eligible cred_expire+1 s after the requeue (default 120 s; 5 s here: the
+# requeue tests wait about 11 s instead of 15 s).
+AuthInfo=cred_expire=5
 MailProg=/bin/true
 MpiDefault=none
 SwitchType=switch/none

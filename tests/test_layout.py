@@ -1,25 +1,42 @@
 """Dependency direction: the launcher starts the trainer by module name and never imports it;
-the trainer knows nothing of the launcher (it reads the environment contract only)."""
+the trainer knows nothing of the launcher (it reads the environment contract only).
+
+One edge is allowed: the launcher reads ``trainer.options``, the allowed values of the trainer's
+keys, so a bad value is rejected before anything starts. That module imports nothing heavy.
+"""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 
+SHARED_VOCABULARY = "trainer.options"
 
-def imported_top_level_packages(package: str) -> set[str]:
+
+def imported_modules(path: Path) -> set[str]:
     names = set()
-    for path in Path(REPO, package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module.split(".")[0])
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
     return names
+
+
+def imported_by_package(package: str) -> set[str]:
+    return set().union(*(imported_modules(path) for path in Path(REPO, package).rglob("*.py")))
 
 
 @pytest.mark.parametrize(("package", "forbidden"), [("launcher", "trainer"), ("trainer", "launcher")])
 def test_no_imports_across(package, forbidden):
-    assert forbidden not in imported_top_level_packages(package)
+    crossing = {name for name in imported_by_package(package)
+                if name.split(".")[0] == forbidden and name != SHARED_VOCABULARY}
+    assert not crossing
+
+
+def test_the_shared_vocabulary_imports_only_the_standard_library():
+    path = Path(REPO, *SHARED_VOCABULARY.split(".")).with_suffix(".py")
+    assert {name.split(".")[0] for name in imported_modules(path)} <= set(sys.stdlib_module_names)
