@@ -11,11 +11,21 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import assert_ok, wait_for_no_leftovers
+from tests.conftest import Launcher, assert_ok, wait_for_no_leftovers
 from trainer.schedules import warmup_cosine_factor
 
 # 2560 samples, 20 % held out: 1024 per rank, so batches of 32 and 64 both tile an epoch exactly.
 EVEN = ["data.dataset.num_samples=2560", "trainer.epochs=2", "launcher=mp_spawn", "gpus=2"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """EVEN with every default (fp32, batch 64, lr 0.1, eager): the run most tests compare with."""
+    runner = Launcher(tmp_path_factory.mktemp("baseline"))
+    launch = runner.run(*EVEN, run_dir=runner.workdir / "run")
+    runner.kill_leftovers()
+    assert_ok(launch)
+    return launch
 
 
 def final_weights(launch) -> dict[str, torch.Tensor]:
@@ -26,10 +36,9 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max((a[key] - b[key]).abs().max().item() for key in a)
 
 
-def test_accumulating_two_half_batches_equals_one_full_batch(launcher, tmp_path):
-    full = launcher.run(*EVEN, "data.batch_size=64", run_dir=tmp_path / "full")
+def test_accumulating_two_half_batches_equals_one_full_batch(launcher, tmp_path, baseline):
+    full = baseline  # batch 64
     halves = launcher.run(*EVEN, "data.batch_size=32", "trainer.accumulate=2", run_dir=tmp_path / "halves")
-    assert_ok(full)
     assert_ok(halves)
     assert full.summary()["global_step"] == halves.summary()["global_step"] == 32  # optimizer steps
     assert halves.summary()["accumulate"] == 2
@@ -39,10 +48,9 @@ def test_accumulating_two_half_batches_equals_one_full_batch(launcher, tmp_path)
     assert max_difference(final_weights(full), final_weights(plain_half)) > 1e-3, "the check cannot tell"
 
 
-def test_bf16_autocast_on_cpu_trains_and_changes_the_arithmetic(launcher, tmp_path):
-    fp32 = launcher.run(*EVEN, run_dir=tmp_path / "fp32")
+def test_bf16_autocast_on_cpu_trains_and_changes_the_arithmetic(launcher, tmp_path, baseline):
+    fp32 = baseline
     bf16 = launcher.run(*EVEN, "trainer.precision=bf16", run_dir=tmp_path / "bf16")
-    assert_ok(fp32)
     assert_ok(bf16)
     assert bf16.summary()["precision"] == "bf16"
     assert bf16.summary()["weights_sha256"] != fp32.summary()["weights_sha256"], "autocast had no effect"
@@ -99,13 +107,13 @@ def test_multistep_schedule_per_epoch(launcher, tmp_path):
     assert [r["lr"] for r in metrics(launch.run_dir)] == pytest.approx([0.01, 0.01])
 
 
-def test_linear_lr_scaling_equals_the_scaled_lr_given_by_hand(launcher, tmp_path):
-    common = [*EVEN, "trainer.epochs=1"]
-    scaled = launcher.run(*common, "optim.lr=0.05", "optim.scale_lr=linear", run_dir=tmp_path / "scaled")
-    by_hand = launcher.run(*common, "optim.lr=0.1", run_dir=tmp_path / "by_hand")
-    sqrt = launcher.run(*common, "optim.lr=0.05", "optim.scale_lr=sqrt", run_dir=tmp_path / "sqrt")
-    for launch in (scaled, by_hand, sqrt):
-        assert_ok(launch)
+def test_linear_lr_scaling_equals_the_scaled_lr_given_by_hand(launcher, tmp_path, baseline):
+    by_hand = baseline  # lr 0.1
+    scaled = launcher.run(*EVEN, "optim.lr=0.05", "optim.scale_lr=linear", run_dir=tmp_path / "scaled")
+    sqrt = launcher.run(*EVEN, "trainer.epochs=1", "optim.lr=0.05", "optim.scale_lr=sqrt",
+                        run_dir=tmp_path / "sqrt")
+    assert_ok(scaled)
+    assert_ok(sqrt)
     assert scaled.summary()["lr"] == pytest.approx(0.1)
     assert scaled.summary()["weights_sha256"] == by_hand.summary()["weights_sha256"]
     assert sqrt.summary()["lr"] == pytest.approx(0.05 * math.sqrt(2))
@@ -122,9 +130,8 @@ def test_deterministic_mode_refuses_an_op_without_a_deterministic_kernel(launche
     assert relaxed.summary()["deterministic"] is False and relaxed.summary()["cudnn_benchmark"] is True
 
 
-def test_eval_mode_reproduces_the_training_metrics_at_any_world_size(launcher, tmp_path):
-    trained = launcher.run(*EVEN, run_dir=tmp_path / "train")
-    assert_ok(trained)
+def test_eval_mode_reproduces_the_training_metrics_at_any_world_size(launcher, tmp_path, baseline):
+    trained = baseline
     last = trained.run_dir / "checkpoints" / "last.pt"
     for world_size in (3, 1):  # 512 validation samples: 3 ranks get unequal shards
         evaluated = launcher.run("trainer.mode=eval", f"checkpoint={last}", f"gpus={world_size}",
@@ -158,14 +165,12 @@ def test_progress_bar_on_a_terminal_only_from_rank_0(launcher, tmp_path):
     assert sum("| 0/64 [" in line for line in bar) == 1, f"not exactly one bar was started: {bar}"
 
 
-def test_compile_runs_the_model_through_inductor(launcher, tmp_path):
-    common = [*EVEN, "trainer.epochs=1"]
+def test_compile_runs_the_model_through_inductor(launcher, tmp_path, baseline):
     cache = tmp_path / "inductor"
-    compiled = launcher.run(*common, "trainer.compile=true", run_dir=tmp_path / "compiled",
+    compiled = launcher.run(*EVEN, "trainer.compile=true", run_dir=tmp_path / "compiled",
                             env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
-    eager = launcher.run(*common, run_dir=tmp_path / "eager")
+    eager = baseline
     assert_ok(compiled)
-    assert_ok(eager)
     assert compiled.summary()["compiled"] is True
     assert any(path.suffix == ".py" for path in cache.rglob("*")), "inductor generated no kernels"
     assert compiled.summary()["val_loss"] == pytest.approx(eager.summary()["val_loss"], abs=1e-4)
