@@ -2,7 +2,8 @@
 
 Plain torch only (nothing from launcher/ or trainer/), so the comparison measures what the launcher
 and trainer add. Per step it does the same work as ``trainer/train.py`` with the default configs:
-same MLP, same cached data, DistributedSampler, SGD with a per-epoch cosine schedule, a loss
+same MLP, same cached data, DistributedSampler, SGD with a cosine schedule stepped after every
+optimizer step (the default ``sched=cosine``, no warm-up), a loss
 ``.item()`` per step, and per-epoch evaluation over a sharded validation set. With the same seed
 it ends with bit-identical weights, which the bench checks.
 
@@ -16,6 +17,7 @@ import argparse
 import gc
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -86,7 +88,9 @@ def train(args: argparse.Namespace) -> None:
     model = mlp(train_set.tensors[0].shape[1], num_classes)
     ddp_model = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    total_steps = args.epochs * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
 
     first_step_unix_s = 0.0
     train_time_s, train_samples, global_step = 0.0, 0, 0
@@ -100,6 +104,7 @@ def train(args: argparse.Namespace) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             if not first_step_unix_s:
                 first_step_unix_s = time.time()
             global_step += 1
@@ -108,7 +113,6 @@ def train(args: argparse.Namespace) -> None:
         train_time_s += time.perf_counter() - epoch_start
         train_samples += samples
 
-        scheduler.step()
         loss_sum, samples = all_reduce([loss_sum, samples])
         val_loss, val_acc = evaluate(ddp_model, val_loader)
         if rank == 0:

@@ -348,6 +348,9 @@ def _check_training_options(cfg: DictConfig, device_type: str) -> None:
         raise ConfigError("trainer.clip_grad_norm", clip, "null or a number > 0")
     for key in ("channels_last", "compile", "tensorboard"):
         _check_bool(f"trainer.{key}", trainer.get(key, False))
+    every = trainer.get("tensorboard_every_steps", 1)
+    if not _is_int(every) or every < 1:
+        raise ConfigError("trainer.tensorboard_every_steps", every, "must be an integer >= 1")
     if trainer.get("progress_bar", "auto") not in PROGRESS_BAR:
         raise ConfigError("trainer.progress_bar", trainer.get("progress_bar"), "allowed: auto, true, false")
     for key in ("deterministic", "cudnn_benchmark"):

@@ -36,6 +36,7 @@ BAD = [
     (["sched.interval=batch"], "sched.interval='batch'"),
     (["trainer.progress_bar=sometimes"], "trainer.progress_bar='sometimes'"),
     (["trainer.compile=yes"], "trainer.compile='yes'"),
+    (["trainer.tensorboard_every_steps=0"], "trainer.tensorboard_every_steps=0"),
     (["local_addr=10.254.254.254"], "local_addr='10.254.254.254': is not an address of this machine"),
     (["socket_ifname=nosuch0"], "socket_ifname='nosuch0': no interface nosuch0"),
     (["launcher.rdzv=etcd"], "launcher.rdzv='etcd'"),

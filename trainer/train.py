@@ -60,7 +60,7 @@ class Progress:
     """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
 
     epoch: int = 0
-    step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
+    step_in_epoch: int = 0  # micro-batches already taken in `epoch` (the sampler's position)
     global_step: int = 0
     epoch_loss_sum: float = 0.0  # this rank's loss x samples so far in `epoch`
     epoch_samples: int = 0
@@ -278,7 +278,8 @@ def train(cfg: DictConfig) -> int:
                 progress = progress.start_epoch(progress.epoch)
             log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
                      progress.epoch, progress.step_in_epoch, progress.global_step)
-        monitor = (Monitor(run_dir, cfg.trainer.progress_bar, cfg.trainer.tensorboard, progress.global_step)
+        monitor = (Monitor(run_dir, cfg.trainer.progress_bar, cfg.trainer.tensorboard,
+                           cfg.trainer.tensorboard_every_steps, progress.global_step)
                    if env.is_main else SilentMonitor())
         monitor.trim_to_epoch(progress.epoch)
 
