@@ -6,6 +6,7 @@ line on stderr (exit code 2) and never a half-started job or an overwritten run 
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 from dataclasses import dataclass
@@ -122,7 +123,15 @@ def _seconds(key: str, value: Any) -> float:
     return float(value)
 
 
+# Device nodes a CUDA-capable torch needs: NVIDIA's, WSL2's GPU bridge, and ROCm's (torch.cuda on AMD).
+GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")
+
+
 def _cuda_device_count() -> int:
+    """Without any GPU device node torch could only answer 0, so it is not imported: importing it
+    takes about a second, which every launch (and every rejected config) would otherwise pay."""
+    if not any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES):
+        return 0
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
