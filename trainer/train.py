@@ -303,13 +303,14 @@ def train(cfg: DictConfig) -> int:
                     settle_gradient_buckets(ddp_model, inputs)
                     buckets_settled = True
                 # Gradient accumulation: DDP syncs only on the micro-batch that ends a group (or
-                # the epoch); the loss is divided so the group's gradient is the mean over it.
+                # the epoch); the loss is divided so the group's gradient is the mean over it (not
+                # when K is 1: a division is one more autograd node in every step).
                 progress.step_in_epoch += 1
                 ends_group = progress.step_in_epoch % accumulate == 0 or progress.step_in_epoch == micro_batches
                 with contextlib.nullcontext() if ends_group else ddp_model.no_sync():
                     with precision.autocast():
                         loss = F.cross_entropy(ddp_model(inputs), targets)
-                    precision.scaler.scale(loss / accumulate).backward()
+                    precision.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
                 batch, loss_value = targets.numel(), loss.item()
                 progress.epoch_loss_sum += loss_value * batch
                 progress.epoch_samples += batch
