@@ -51,8 +51,9 @@ def _user_traceback(error: BaseException) -> str:
 
 
 def attempt_number() -> int:
-    """How many times this job was started over before: torchrun restarts, or Slurm requeues."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or os.environ.get("SLURM_RESTART_COUNT") or 0)
+    """How many times this job was started over before: torchrun restarts plus Slurm requeues
+    (both count under a requeued ``slurm_task=node`` job), as the trainer's DistEnv counts them."""
+    return sum(int(os.environ.get(key) or 0) for key in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
 
 
 def record_failure(error: BaseException) -> None:
