@@ -62,6 +62,7 @@ class ModeConfig:
     rdzv: str = "static"
     rdzv_endpoint: str | None = None
     rdzv_id: str | None = None
+    local_rank_arg: bool = False  # append --local_rank=N to the target's arguments (legacy scripts)
 
 
 @dataclass(frozen=True)
