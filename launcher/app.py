@@ -23,6 +23,7 @@ from launcher.environments import LocalEnvironment, SlurmEnvironment, detect
 from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, StartFailed
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
 from launcher.modes import get_mode
+from launcher.rank_output import LOGS_SUBDIR, log_file_name
 from launcher.submit import SubmitPlan, failure_report, plan_submission
 from launcher.supervise import Interrupted, run_forwarding_signals, supervised
 
@@ -104,6 +105,7 @@ def run_as_slurm_rank(job: JobConfig, sweep_point: bool) -> None:
             "MASTER_PORT": str(job.master_port),
             ERROR_DIR_ENV: str(job.run_dir / SLURM_FAILURES_DIR),
             **job.network_env(),
+            **job.rank_env(),
         }
     )
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
@@ -129,6 +131,7 @@ def job_environment(job: JobConfig, error_dir: str) -> Iterator[None]:
             PARENT_PID_ENV: str(os.getpid()),
             JOB_ID_ENV: os.environ.get(JOB_ID_ENV, uuid.uuid4().hex),
             **job.network_env(),
+            **job.rank_env(),
         }
     )
     # Set before any rank starts, identically in both modes (torchrun would export 1, spawn
@@ -166,6 +169,7 @@ def launch(job: JobConfig) -> int:
         return 0
     write_failure(job.run_dir, failure)
     log.error("job failed: %s", failure.describe())
+    log.error("every rank's output: %s", job.run_dir / LOGS_SUBDIR / log_file_name("N"))
     return 1
 
 

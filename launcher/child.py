@@ -4,14 +4,20 @@ Users never decorate anything: whatever the target raises is written, with its t
 rank, attempt and a precise time, to ``$LAUNCHER_ERROR_DIR/rank_<RANK>.attempt_<N>.json``. The
 launcher reads those records to name the rank that failed first. The process also asks the kernel
 to kill it when its parent dies, so a launcher killed with SIGKILL leaves no rank behind.
+
+Before the target runs, the rank's output is routed to its log file and the console
+(``launcher.rank_output``), and a script's ``init_process_group()`` gets the job's timeouts.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import faulthandler
+import functools
 import importlib
+import inspect
 import json
 import os
 import runpy
@@ -20,12 +26,18 @@ import socket
 import sys
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 
+from launcher.rank_output import capture_rank_output
 from launcher.ranks import rank_info
 
 ERROR_DIR_ENV = "LAUNCHER_ERROR_DIR"
 PARENT_PID_ENV = "LAUNCHER_PARENT_PID"
+INIT_TIMEOUT_ENV = "LAUNCHER_INIT_TIMEOUT_S"
+COLLECTIVE_TIMEOUT_ENV = "LAUNCHER_COLLECTIVE_TIMEOUT_S"
+LOCAL_RANK_ARG_ENV = "LAUNCHER_LOCAL_RANK_ARG"
+TARGET_KINDS = ("module", "script", "exec")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -110,14 +122,71 @@ def isolate_restarted_attempt() -> None:
     rendezvous.register_rendezvous_handler("env", per_attempt_env_handler)
 
 
+def default_timeouts() -> None:
+    """Give ``init_process_group()`` calls that pass no ``timeout`` the job's two bounds.
+
+    torch's default is one 30-minute timeout for joining and for every collective; a script run by
+    the launcher gets ``init_timeout`` for the rendezvous and ``collective_timeout`` afterwards, as
+    the built-in trainer does. A call that passes its own ``timeout`` keeps it. Groups created
+    later (``new_group``) default to ``collective_timeout``.
+    """
+    init_s, collective_s = os.environ.get(INIT_TIMEOUT_ENV), os.environ.get(COLLECTIVE_TIMEOUT_ENV)
+    if not (init_s and collective_s):
+        return
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    collective = timedelta(seconds=float(collective_s))
+    distributed_c10d.default_pg_timeout = collective
+    if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
+        distributed_c10d.default_pg_nccl_timeout = collective
+    original = distributed_c10d.init_process_group
+    signature = inspect.signature(original)
+    set_timeout = getattr(dist, "set_timeout", None) or distributed_c10d._set_pg_timeout
+
+    @functools.wraps(original)
+    def init_process_group(*args: object, **kwargs: object) -> None:
+        if signature.bind_partial(*args, **kwargs).arguments.get("timeout") is not None:
+            return original(*args, **kwargs)
+        kwargs["timeout"] = timedelta(seconds=float(init_s))
+        original(*args, **kwargs)
+        set_timeout(collective)
+        return None
+
+    for module in (dist, distributed_c10d, sys.modules.get("torch.distributed.device_mesh")):
+        if module is not None and getattr(module, "init_process_group", None) is original:
+            module.init_process_group = init_process_group
+
+
+def search_working_directory_last() -> None:
+    """The user's working directory is searched after the installed packages, so a ``trainer.py``
+    or ``trainer/`` there cannot replace ours (in the launcher or in a rank); the user's own modules
+    there still import. A script's own directory still comes first, as ``python script.py`` has it.
+    (``python -m launcher`` itself runs a ``launcher.py`` of the working directory, as Python always
+    does: ``ddp-launch`` or ``python -P -m launcher`` do not.)"""
+    here = {"", ".", os.getcwd()}
+    entries = [entry for entry in sys.path if entry not in here]
+    sys.path[:] = [*entries, os.getcwd()]
+
+
 def run_target(kind: str, name: str, args: list[str]) -> None:
-    """Run a module or script as ``__main__`` in this process, the way ``python`` would."""
+    """Run a module or script as ``__main__`` in this process, the way ``python`` would, or
+    replace this process with an executable (``no_python``)."""
     faulthandler.enable()
     parent = os.environ.get(PARENT_PID_ENV)
     die_with_parent(int(parent) if parent else None)
-    isolate_restarted_attempt()
-    sys.argv = [name, *args]
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    file_only = capture_rank_output(rank, local_rank, attempt_number())
+    if os.environ.get(LOCAL_RANK_ARG_ENV) == "1":
+        args = [*args, f"--local_rank={local_rank}"]
     try:
+        if kind == "exec":
+            os.execvp(name, [name, *args])
+        isolate_restarted_attempt()
+        default_timeouts()
+        search_working_directory_last()
+        sys.argv = [name, *args]
         if kind == "module":
             runpy.run_module(name, run_name="__main__", alter_sys=True)
         else:
@@ -131,19 +200,25 @@ def run_target(kind: str, name: str, args: list[str]) -> None:
         raise
     except BaseException as error:
         record_failure(error)
-        fail_fast(error)
+        fail_fast(error, file_only)
 
 
-def fail_fast(error: BaseException) -> None:
+def fail_fast(error: BaseException, file_only: int | None = None) -> None:
     """Report like Python would, run atexit handlers, then exit 1 without C++ teardown.
 
-    A rank that raises usually still holds a process group; letting the interpreter finalize it
-    can abort ("terminate called without an active exception") and turn exit code 1 into SIGABRT.
+    The traceback goes to the rank's log file only (``file_only``) when its output is captured:
+    the launcher prints the failing rank's traceback once, in its report. A rank that raises usually
+    still holds a process group; letting the interpreter finalize it can abort ("terminate called
+    without an active exception") and turn exit code 1 into SIGABRT.
     """
-    sys.excepthook(type(error), error, error.__traceback__)
+    if file_only is None:
+        sys.excepthook(type(error), error, error.__traceback__)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    if file_only is not None:
+        with contextlib.suppress(OSError):
+            os.write(file_only, _user_traceback(error).encode(errors="replace"))
     os._exit(1)
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import shlex
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launcher.allocation import SLURM_TASK_ROLES, Allocation, sbatch_hint
+from launcher.child import COLLECTIVE_TIMEOUT_ENV, INIT_TIMEOUT_ENV, LOCAL_RANK_ARG_ENV
 from launcher.errors import ConfigError
 from launcher.network import (
     PortUnavailable,
@@ -25,6 +29,12 @@ from launcher.network import (
     interface_of,
     is_local_address,
     route_source_address,
+)
+from launcher.rank_output import (
+    CONSOLE_LOCAL_RANKS_ENV,
+    CONSOLE_RANKS_ENV,
+    LOG_DIR_ENV,
+    LOGS_SUBDIR,
 )
 from launcher.ranks import RankInfo, rank_info
 from trainer.options import LR_SCALING_RULES, PRECISIONS, PROGRESS_BAR, SCHEDULE_INTERVALS
@@ -36,13 +46,14 @@ BACKENDS = ("auto", "nccl", "gloo")
 SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 CPU_PROCESSES_WITHOUT_GPU = 2
 TRAINER_MODULE = "trainer"
+MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 @dataclass(frozen=True)
 class Target:
-    """What every rank runs: our trainer module, or a user's torchrun-compatible script."""
+    """What every rank runs: our trainer module, or the user's script, module or executable."""
 
-    kind: str  # "module" | "script"
+    kind: str  # "module" | "script" | "exec" (an executable, no python)
     name: str
     args: tuple[str, ...] = ()
 
@@ -50,6 +61,10 @@ class Target:
         """Arguments after ``python`` that run the target (as torchrun would)."""
         head = ["-m", self.name] if self.kind == "module" else [self.name]
         return [*head, *self.args]
+
+    def command(self) -> list[str]:
+        """The target as a command line: ``python ...``, or the executable itself."""
+        return [self.name, *self.args] if self.kind == "exec" else ["python", *self.python_args()]
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class JobConfig:
     master_port: int
     backend: str  # resolved: "nccl" or "gloo"
     init_timeout_s: float
+    collective_timeout_s: float
     seed: int
     dry_run: bool
     mode: ModeConfig
@@ -84,6 +100,8 @@ class JobConfig:
     rdzv_endpoint: str  # host:port of the rendezvous store
     rdzv_id: str  # the run id every node passes to the rendezvous
     slurm_rank: RankInfo | None = None  # this process IS that rank (a task of `srun`, one per rank)
+    console_ranks: tuple[int, ...] | None = None  # None: every rank's output on the console
+    console_local_ranks: tuple[int, ...] | None = None
 
     @property
     def ranks_from_rendezvous(self) -> bool:
@@ -94,6 +112,21 @@ class JobConfig:
         if self.socket_ifname is None:
             return {}
         return {variable: self.socket_ifname for variable in SOCKET_IFNAME_VARIABLES}
+
+    def rank_env(self) -> dict[str, str]:
+        """What ``launcher.child`` reads in every rank: where its output goes, which ranks the
+        console shows, the timeouts a script's process group gets, the legacy ``--local_rank``."""
+        def ranks(chosen: tuple[int, ...] | None) -> str:
+            return "all" if chosen is None else ",".join(map(str, chosen))
+
+        return {
+            LOG_DIR_ENV: str(self.run_dir / LOGS_SUBDIR),
+            CONSOLE_RANKS_ENV: ranks(self.console_ranks),
+            CONSOLE_LOCAL_RANKS_ENV: ranks(self.console_local_ranks),
+            INIT_TIMEOUT_ENV: f"{self.init_timeout_s:g}",
+            COLLECTIVE_TIMEOUT_ENV: f"{self.collective_timeout_s:g}",
+            LOCAL_RANK_ARG_ENV: "1" if self.mode.local_rank_arg else "0",
+        }
 
     @property
     def world_size(self) -> int:
@@ -213,17 +246,60 @@ def _check_writable_dir(key: str, path: Path) -> None:
         raise ConfigError(key, str(path), f"is not writable ({probe} denies writing)")
 
 
+def _script_args(value: Any) -> tuple[str, ...]:
+    """A list is passed verbatim; a string is split as a shell would (never into characters)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as err:
+            raise ConfigError("script_args", value, f"cannot be split as a shell would ({err}); "
+                              "give a list: 'script_args=[--lr,0.1]'") from err
+    if isinstance(value, (list, tuple, ListConfig)):
+        return tuple(str(arg) for arg in value)
+    raise ConfigError("script_args", value, "a list of arguments, or one string split as a shell would")
+
+
 def _target(cfg: DictConfig, run_dir: Path) -> Target:
     script = cfg.get("script")
-    script_args = [str(arg) for arg in (cfg.get("script_args") or [])]
+    script_args = _script_args(cfg.get("script_args"))
+    as_module, no_python = cfg.get("script_module", False), cfg.get("no_python", False)
+    for key, value in (("script_module", as_module), ("no_python", no_python)):
+        _check_bool(key, value)
     if script is None:
-        if script_args:
-            raise ConfigError("script_args", script_args, "only used together with script=path/to/train.py")
+        for key, value in (("script_args", list(script_args)), ("script_module", as_module),
+                           ("no_python", no_python)):
+            if value:
+                raise ConfigError(key, value, "only used together with script (a path, a module "
+                                  "with script_module=true, or an executable with no_python=true)")
         return Target("module", TRAINER_MODULE, (str(run_dir / "config.yaml"),))
-    path = Path(str(script)).expanduser()
+    script = str(script)
+    if as_module and no_python:
+        raise ConfigError("no_python", True, "runs an executable; script_module=true runs a Python module: choose one")
+    if as_module:
+        if not MODULE_NAME.fullmatch(script):
+            raise ConfigError("script", script, "with script_module=true: a dotted module name such as mypkg.train")
+        return Target("module", script, script_args)
+    if no_python:
+        executable = shutil.which(script)
+        if executable is None:
+            raise ConfigError("script", script, "with no_python=true: no such executable (a path, or a name on PATH)")
+        return Target("exec", script if os.sep not in script else str(Path(script).resolve()), script_args)
+    path = Path(script).expanduser()
     if not path.is_file():
-        raise ConfigError("script", str(script), "no such file; give the path of a Python script")
-    return Target("script", str(path.resolve()), tuple(script_args))
+        raise ConfigError("script", script, "no such file; give the path of a Python script "
+                          "(a module: script_module=true, an executable: no_python=true)")
+    return Target("script", str(path.resolve()), script_args)
+
+
+def _console_ranks(key: str, value: Any) -> tuple[int, ...] | None:
+    if value == "all":
+        return None
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if not values or not all(_is_int(rank) and rank >= 0 for rank in values):
+        raise ConfigError(key, value, "allowed: all, a rank (0), or a list of ranks [0,3]")
+    return tuple(values)
 
 
 def _mode(cfg: Any) -> ModeConfig:
@@ -240,6 +316,7 @@ def _mode(cfg: Any) -> ModeConfig:
         raise ConfigError("launcher.max_restarts", mode.max_restarts, "must be an integer >= 0")
     if mode.name == "mp_spawn" and mode.max_restarts:
         raise ConfigError("launcher.max_restarts", mode.max_restarts, "restarts need launcher=torchrun")
+    _check_bool("launcher.local_rank_arg", mode.local_rank_arg)
     if mode.rdzv not in RENDEZVOUS:
         raise ConfigError("launcher.rdzv", mode.rdzv, f"allowed: {', '.join(RENDEZVOUS)}")
     if mode.name == "mp_spawn" and mode.rdzv != "static":
@@ -412,7 +489,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
                   if slurm_ranks else None)
     _check_training_options(cfg, "cuda" if backend == "nccl" else "cpu")
     init_timeout = _seconds("init_timeout", cfg.get("init_timeout"))
-    _seconds("collective_timeout", cfg.get("collective_timeout"))
+    collective_timeout = _seconds("collective_timeout", cfg.get("collective_timeout"))
     seed = cfg.get("seed")
     if not _is_int(seed) or seed < 0:
         raise ConfigError("seed", seed, "must be an integer >= 0")
@@ -421,6 +498,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         raise ConfigError("dry_run", dry_run, "allowed: true, false")
     master_addr = str(_from_allocation("master_addr", cfg.get("master_addr"), "127.0.0.1", allocation))
     target = _target(cfg, run_dir)
+    if mode.local_rank_arg and target.name == TRAINER_MODULE:
+        raise ConfigError("launcher.local_rank_arg", True, "is for scripts that read --local_rank "
+                          "(torch.distributed.launch style); the built-in trainer reads LOCAL_RANK")
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
         raise ConfigError("resume", resume, "allowed: null, auto, or the path of an existing checkpoint")
@@ -449,6 +529,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         master_port=master_port,
         backend=backend,
         init_timeout_s=init_timeout,
+        collective_timeout_s=collective_timeout,
         seed=seed,
         dry_run=dry_run,
         mode=mode,
@@ -460,6 +541,8 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         # Every node must name the same run: derive it from what they all share.
         rdzv_id=mode.rdzv_id or f"launcher-{rdzv_host}-{rdzv_port}",
         slurm_rank=slurm_rank,
+        console_ranks=_console_ranks("console_ranks", cfg.get("console_ranks", "all")),
+        console_local_ranks=_console_ranks("console_local_ranks", cfg.get("console_local_ranks", "all")),
     )
 
 

@@ -101,9 +101,9 @@ class Launcher:
         env.update(extra or {})
         return env
 
-    def command(self, run_dir: Path, overrides: tuple[str, ...],
-                prefix: Sequence[str] = ()) -> list[str]:
-        return [*prefix, sys.executable, "-m", "launcher", f"hydra.run.dir={run_dir}", *overrides]
+    def command(self, run_dir: Path, overrides: tuple[str, ...], prefix: Sequence[str] = (),
+                entry: Sequence[str] = (sys.executable, "-m", "launcher")) -> list[str]:
+        return [*prefix, *entry, f"hydra.run.dir={run_dir}", *overrides]
 
     def new_job_id(self) -> str:
         job_id = uuid.uuid4().hex
@@ -111,13 +111,15 @@ class Launcher:
         return job_id
 
     def run(self, *overrides: str, run_dir: Path | None = None, timeout_s: float = 180,
-            env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Launch:
-        """Run to completion; ``prefix`` wraps the command (e.g. to run it in a namespace)."""
+            env: dict[str, str] | None = None, prefix: Sequence[str] = (),
+            entry: Sequence[str] = (sys.executable, "-m", "launcher")) -> Launch:
+        """Run to completion; ``prefix`` wraps the command (e.g. to run it in a namespace),
+        ``entry`` replaces ``python -m launcher`` (e.g. with the ``ddp-launch`` console script)."""
         run_dir = run_dir or self.workdir / "run"
         job_id = self.new_job_id()
         start = time.monotonic()
         try:
-            proc = subprocess.run(self.command(run_dir, overrides, prefix), cwd=self.workdir,
+            proc = subprocess.run(self.command(run_dir, overrides, prefix, entry), cwd=self.workdir,
                                   env=self.env(job_id, env), capture_output=True, text=True,
                                   timeout=timeout_s)
         except subprocess.TimeoutExpired as hung:

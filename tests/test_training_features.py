@@ -14,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.conftest import Launcher, assert_ok, wait_for_no_leftovers
 from trainer.schedules import warmup_cosine_factor
 
+pytestmark = pytest.mark.slow  # real jobs: several processes each
+
 # 2560 samples, 20 % held out: 1024 per rank, so batches of 32 and 64 both tile an epoch exactly.
 EVEN = ["data.dataset.num_samples=2560", "trainer.epochs=2", "launcher=mp_spawn", "gpus=2"]
 
@@ -159,7 +161,8 @@ def test_progress_bar_on_a_terminal_only_from_rank_0(launcher, tmp_path):
                             env=launcher.env(job_id), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
     wait_for_no_leftovers(job_id)
-    bar = [line for line in result.stdout.replace("\r", "\n").splitlines() if line.startswith("epoch 1/1:")]
+    lines = [line.removeprefix("[rank 0] ") for line in result.stdout.replace("\r", "\n").splitlines()]
+    bar = [line for line in lines if line.startswith("epoch 1/1:")]
     assert bar, f"no progress bar on the terminal:\n{result.stdout[-2000:]}"
     assert any("100%" in line and "64/64" in line for line in bar), bar[-3:]  # 1024 samples / 16 per batch
     assert any("loss=" in line for line in bar), bar[-3:]

@@ -7,6 +7,7 @@ only one process writes files or draws.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ from trainer.options import PROGRESS_BAR
 
 POSTFIX_EVERY = 20  # micro-batches between loss/lr updates of the bar (formatting costs time)
 
+# Set by a launcher that passes this process's output on to a terminal through a pipe of its own.
+CONSOLE_IS_TERMINAL_ENV = "LAUNCHER_CONSOLE_IS_TERMINAL"
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty() or os.environ.get(CONSOLE_IS_TERMINAL_ENV) == "1"
+
 
 class Monitor:
     """Rank 0's view of the run: one instance per run, on rank 0 only."""
@@ -28,7 +36,7 @@ class Monitor:
             raise ValueError(f"trainer.progress_bar={progress_bar!r}: allowed: auto, true, false")
         self.metrics_path = run_dir / "metrics.jsonl"
         # auto: a bar only on a terminal; in a log file it would be thousands of carriage returns.
-        self.show_bar = progress_bar is True or (progress_bar == "auto" and sys.stderr.isatty())
+        self.show_bar = progress_bar is True or (progress_bar == "auto" and stderr_is_terminal())
         # purge_step: after a resume, TensorBoard hides what the crashed attempt logged past the
         # checkpoint, so the curves do not fold back on themselves.
         self.writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step or None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from launcher.child import run_spawned_rank
@@ -32,6 +33,9 @@ def command_line(job: JobConfig) -> str:
 def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
+
+    # spawn warns for every rank it stops after a failure; the launcher reports the root cause.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
 
     context = mp.start_processes(
         run_spawned_rank,

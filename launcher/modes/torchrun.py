@@ -23,8 +23,13 @@ if TYPE_CHECKING:
 CHILD_MODULE = "launcher.child"
 
 
+# Python 3.11+: -P keeps the working directory off sys.path, so a user's launcher.py there cannot
+# replace the worker's entry point (launcher.child then puts the directory back, last).
+_SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
+
+
 def worker_args(job: JobConfig) -> list[str]:
-    return ["-u", "-m", CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
+    return ["-u", *_SAFE_PATH, "-m", CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
 
 
 def _rdzv_configs(job: JobConfig) -> dict[str, object]:
@@ -75,8 +80,8 @@ def command_line(job: JobConfig) -> str:
     if not job.ranks_from_rendezvous:
         options["node-rank"] = job.node_rank
     flags = [f"--{key}={value}" for key, value in options.items()]
-    worker = [CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
-    return shlex.join([sys.executable, "-m", "torch.distributed.run", *flags, "--module", *worker])
+    return shlex.join([sys.executable, "-m", "torch.distributed.run", *flags, "--no-python",
+                       sys.executable, *worker_args(job)])
 
 
 def _rendezvous_failure(job: JobConfig, error: Exception) -> str:
