@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import DDP_SCRIPT, TINY, job_processes, wait_for, wait_for_no_leftovers
 
+pytestmark = pytest.mark.slow  # real jobs: several processes each
+
 MODES = ["torchrun", "mp_spawn"]
 HOST = socket.gethostname()
 

@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import DDP_SCRIPT, TINY, assert_ok, wait_for_no_leftovers
 
+pytestmark = pytest.mark.slow  # real jobs: several processes each
+
 MODES = ["torchrun", "mp_spawn"]
 
 

@@ -7,6 +7,8 @@ import pytest
 from launcher.network import free_port
 from tests.conftest import DDP_SCRIPT, TINY, assert_ok, run_nodes, wait_for_no_leftovers
 
+pytestmark = pytest.mark.slow  # real jobs: several processes each
+
 MODES = ["torchrun", "mp_spawn"]
 
 

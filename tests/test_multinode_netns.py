@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import TINY, NodeResult, run_nodes, wait_for, wait_for_no_leftovers
 from tests.netns import VirtualCluster, netns_unavailable_reason, sweep_stale_namespaces
 
+pytestmark = pytest.mark.slow  # real jobs: several processes each
+
 PORT = 29500  # every cluster has its own network: no port collides with anything outside it
 MASTER = VirtualCluster.address(0)
 RENDEZVOUS = {

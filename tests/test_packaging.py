@@ -5,7 +5,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import RANK_VARIABLES, REPO
+
+pytestmark = pytest.mark.slow  # real jobs: several processes each
 
 SOURCES = ["pyproject.toml", "README.md", "launcher", "trainer", "conf"]
 

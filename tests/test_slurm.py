@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import DDP_SCRIPT, REPO, TINY, wait_for, wait_for_no_leftovers
 
+pytestmark = pytest.mark.slow  # real jobs: several processes each
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 JOB_TIMEOUT_S = 180

@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
 from tests.conftest import REPO, wait_for_no_leftovers
+
+pytestmark = pytest.mark.slow  # real jobs: several processes each
 
 SWEEP_TINY = ["data.dataset.num_samples=512", "trainer.epochs=2"]
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.conftest import assert_ok
 from tests.images import make_image_folder, write_mnist_raw
+
+pytestmark = pytest.mark.slow  # real jobs: several processes each
 
 TWO_RANKS = ["launcher=mp_spawn", "gpus=2"]
 
