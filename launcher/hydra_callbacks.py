@@ -2,33 +2,106 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from launcher.errors import ConfigError
+
+
+def answer_dry_run(job: Any) -> bool:
+    """The one place ``dry_run`` is answered, for a single run (``ValidateBeforeStart``, before
+    Hydra creates the run directory) and for every sweep point (``app.run``, before anything
+    starts): print what would run (each rank's command, or the sbatch script) and return True,
+    and then nothing may start. (A dry-run ``SubmitPlan`` refuses to submit as well.)"""
+    if not job.dry_run:
+        return False
+    from launcher import plan
+    from launcher.submit import SubmitPlan
+
+    print(job.describe() if isinstance(job, SubmitPlan) else plan.describe(job), flush=True)
+    return True
+
+
+def ends_the_run_on_error(hook: Callable[..., None]) -> Callable[..., None]:
+    """Hydra turns a callback's exception into a warning and carries on. A check that fails in a
+    callback must end the run there: a ``ConfigError`` as its one line and exit code 2, anything
+    else with its traceback and exit code 1."""
+
+    @functools.wraps(hook)
+    def checked(*args: Any, **kwargs: Any) -> None:
+        from launcher.app import exit_on_config_error
+
+        try:
+            hook(*args, **kwargs)
+        except ConfigError as error:
+            exit_on_config_error(error)
+        except Exception:
+            traceback.print_exc()
+            sys.exit(1)
+
+    return checked
+
+
+def _sweeps_launcher_slurm(config: DictConfig) -> bool:
+    """``-m launcher=slurm`` (or a sweep over ``launcher`` that includes slurm)."""
+    from launcher.submit import sweep_overrides
+
+    if OmegaConf.select(config, "launcher.name") == "slurm":
+        return True
+    for override in sweep_overrides(config) or []:
+        if override.get_key_element() == "launcher" and override.is_sweep_override():
+            with contextlib.suppress(Exception):  # glob(): checked again in each point (app.run)
+                if "slurm" in list(override.sweep_string_iterator()):
+                    return True
+    return False
 
 
 class ValidateBeforeStart(Callback):
-    """Check the config, and answer ``dry_run``, before Hydra creates or touches the run directory.
+    """Check the config, and answer ``dry_run``, before Hydra creates or touches the run directory
+    (a single run) or submits anything (a sweep).
 
     A rejected run or a dry run must leave no trace: no new directory, no overwritten files.
     """
 
+    @ends_the_run_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from launcher import plan
         from launcher.app import validated_job
 
         HydraConfig.instance().set_config(config)
-        from launcher.submit import SubmitPlan
-
         job = validated_job(config, Path(str(config.hydra.run.dir)).absolute())
-        if job.dry_run:
-            print(job.describe() if isinstance(job, SubmitPlan) else plan.describe(job))
+        if answer_dry_run(job):
+            sys.exit(0)
+
+    @ends_the_run_on_error
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before the sweeper expands the sweep and its launcher submits the points: one
+        ``launcher=slurm`` submission per point is refused (it would end the sweep after the
+        first point); on Slurm (``hydra/launcher=slurm``) every option the plugin hands to
+        submitit is checked, and a dry run prints the sbatch script and submits nothing."""
+        from launcher import submit
+
+        HydraConfig.instance().set_config(config)
+        if _sweeps_launcher_slurm(config):
+            raise ConfigError("launcher", "slurm", submit.SLURM_SWEEP_HINT)
+        if not submit.is_slurm_sweep(config):
+            return  # local points: each is checked, and answers dry_run, in app.run
+        sweep = submit.check_slurm_sweep(config)
+        dry_run = config.get("dry_run")
+        if not isinstance(dry_run, bool):
+            raise ConfigError("dry_run", dry_run, "allowed: true, false")
+        if dry_run:
+            print(sweep.describe(submit.sweep_points(config)), flush=True)
             sys.exit(0)
 
 

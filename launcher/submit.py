@@ -4,26 +4,62 @@ The login node validates everything, fixes the run directory, and submits; in th
 runs ``python -m launcher`` with the user's overrides, becoming its rank (see ``app``). Values from
 the configuration reach Slurm only as arguments (submitit quotes every ``#SBATCH`` value and
 submits with a list, never a shell string), so a job name like ``x$(touch /tmp/pwned)`` is a name.
+Quoting cannot hold a line break, though: an ``#SBATCH`` line is a comment, and its value's newline
+would start a line of the batch script. So every option name and value that reaches submitit, here
+and through Hydra's submitit launcher (``-m hydra/launcher=slurm``, ``check_slurm_sweep``), is
+checked first: single-line values, option names of letters, digits, ``_`` and ``-``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from launcher.cli import hydra_quote
 from launcher.errors import ConfigError
 from launcher.failures import recorded_failures
 from launcher.supervise import run_forwarding_signals
 
 LOG_FOLDER = "slurm"
 SIGNAL_FORMAT = "USR2@SECONDS (submitit's time-limit signal, e.g. USR2@90)"
+OPTION_NAME = re.compile(r"[A-Za-z0-9_-]+")
+LINE_BREAKS = ("\n", "\r", "\0")
+SINGLE_LINE = "must be on one line: no newline, carriage return or NUL (it would end the #SBATCH line)"
+OPTION_NAME_RULE = "sbatch option names are letters, digits, _ and - only (e.g. mail-type)"
+# The run directory is handed to every task as an override; these would be read as a sweep or an
+# interpolation there, after the job was accepted.
+RUN_DIR_BREAKERS = (*LINE_BREAKS, ",", "${")
+SLURM_SWEEP_HINT = ("launcher=slurm submits one job and returns: a sweep on Slurm is "
+                    "`-m hydra/launcher=slurm ...` (one Slurm job per point)")
+
+
+def check_sbatch_option(key: str, value: Any) -> None:
+    """A value that reaches the sbatch script (also inside lists and mappings): on one line."""
+    if isinstance(value, Mapping):
+        check_sbatch_options(key, value)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_sbatch_option(key, item)
+    elif any(char in str(value) for char in LINE_BREAKS):
+        raise ConfigError(key, value, SINGLE_LINE)
+
+
+def check_sbatch_options(prefix: str, options: Mapping) -> None:
+    """Every name (``[A-Za-z0-9_-]+``: sbatch writes it unquoted) and value of ``options``."""
+    for name, value in options.items():
+        if not isinstance(name, str) or not OPTION_NAME.fullmatch(name):
+            raise ConfigError(prefix, name, OPTION_NAME_RULE)
+        check_sbatch_option(f"{prefix}.{name}", value)
 
 
 @dataclass(frozen=True)
@@ -43,23 +79,23 @@ class SlurmSubmission:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def executor_parameters(self, nodes: int, tasks_per_node: int, gpus_per_node: int) -> dict[str, Any]:
-        """submitit's ``slurm_*`` parameters: nodes x tasks per node = the ranks."""
+        """submitit's parameters, named as Hydra's submitit launcher names them (``slurm_executor``):
+        nodes x tasks per node = the ranks."""
         params: dict[str, Any] = {
-            "slurm_job_name": self.job_name,
-            "slurm_time": self.time_min,
-            "slurm_nodes": nodes,
-            "slurm_ntasks_per_node": tasks_per_node,
-            "slurm_cpus_per_task": self.cpus_per_task,
-            "slurm_signal_delay_s": self.signal_delay_s,
+            "name": self.job_name,
+            "timeout_min": self.time_min,
+            "nodes": nodes,
+            "tasks_per_node": tasks_per_node,
+            "cpus_per_task": self.cpus_per_task,
+            "signal_delay_s": self.signal_delay_s,
             # A failing rank ends the step; ranks are placed in block order (rank = node-major).
-            "slurm_srun_args": ["--kill-on-bad-exit=1", "--distribution=block"],
-            "slurm_additional_parameters": {"requeue": True, **self.extra},
+            "srun_args": ["--kill-on-bad-exit=1", "--distribution=block"],
+            "additional_parameters": {"requeue": True, **self.extra},
         }
         if gpus_per_node:
-            params["slurm_gpus_per_node"] = gpus_per_node
-        optional = {"slurm_partition": self.partition, "slurm_account": self.account,
-                    "slurm_qos": self.qos, "slurm_constraint": self.constraint,
-                    "slurm_mem_gb": self.mem_gb}
+            params["gpus_per_node"] = gpus_per_node
+        optional = {"partition": self.partition, "account": self.account, "qos": self.qos,
+                    "constraint": self.constraint, "mem_gb": self.mem_gb}
         params.update({key: value for key, value in optional.items() if value is not None})
         return params
 
@@ -68,8 +104,9 @@ def _optional_str(cfg: DictConfig, key: str) -> str | None:
     value = cfg.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not value or "\n" in value:
-        raise ConfigError(f"slurm.{key}", value, "must be a non-empty single-line string or null")
+    if not isinstance(value, str) or not value or any(char in value for char in LINE_BREAKS):
+        raise ConfigError(f"slurm.{key}", value, "must be a non-empty single-line string (no newline, "
+                          "carriage return or NUL) or null")
     return value
 
 
@@ -96,8 +133,13 @@ def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
     extra = slurm.get("extra") or {}
     if not isinstance(extra, DictConfig) and extra != {}:
         raise ConfigError("slurm.extra", extra, "a mapping of extra sbatch options, e.g. {exclusive: true}")
-    extra_options = OmegaConf.to_container(extra) if isinstance(extra, DictConfig) else {}
+    extra_options = OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else {}
     assert isinstance(extra_options, dict)
+    check_sbatch_options("slurm.extra", extra_options)
+    for name, value in extra_options.items():
+        if isinstance(value, (Mapping, list)) or value is None:
+            raise ConfigError(f"slurm.extra.{name}", value, "one value: a string, a number, or true "
+                              "(a flag such as exclusive)")
     return SlurmSubmission(
         job_name=_optional_str(slurm, "job_name") or "ddp-train",
         time_min=time_min,
@@ -109,7 +151,7 @@ def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
         mem_gb=mem,
         signal_delay_s=int(seconds),
         wait=wait,
-        extra={str(key): value for key, value in extra_options.items()},
+        extra=dict(extra_options),
     )
 
 
@@ -126,7 +168,7 @@ class RankTask:
         self.run_dir = run_dir
 
     def __call__(self) -> int:
-        command = [sys.executable, "-m", "launcher", *self.overrides, f"hydra.run.dir={self.run_dir}"]
+        command = [sys.executable, "-m", "launcher", *self.overrides, run_dir_override(self.run_dir)]
         code = run_forwarding_signals(command)
         if code:
             raise RuntimeError(failure_report(self.run_dir) or f"rank exited with code {code}")
@@ -153,18 +195,67 @@ def _job_overrides() -> list[str]:
     return [item for item in HydraConfig.get().overrides.task if not item.startswith(dropped)]
 
 
-def _executor(folder: Path, parameters: dict[str, Any]) -> Any:
-    import submitit
+def run_dir_override(run_dir: Path) -> str:
+    """``hydra.run.dir=`` for the tasks, quoted so that Hydra reads back exactly ``run_dir``."""
+    return f"hydra.run.dir={hydra_quote(str(run_dir))}"
 
-    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    executor.update_parameters(**parameters)
+
+def check_run_dir(key: str, run_dir: Path) -> None:
+    if any(text in str(run_dir) for text in RUN_DIR_BREAKERS):
+        raise ConfigError(key, str(run_dir), "a run directory without newline, carriage return, NUL, "
+                          "',' or '${' (each task is handed it as an override); run from another "
+                          "directory or set hydra.run.dir")
+
+
+@functools.cache
+def _script_only_executor() -> type:
+    from submitit.slurm.slurm import SlurmExecutor
+
+    class ScriptOnlySlurmExecutor(SlurmExecutor):
+        """submitit's Slurm executor that only writes the script: it needs no Slurm command
+        (submitit's own refuses to start without ``srun``), and submits nothing."""
+
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+        def _submit_command(self, command: str) -> Any:
+            raise RuntimeError("a dry run submits nothing")
+
+    return ScriptOnlySlurmExecutor
+
+
+def slurm_executor(folder: Path, parameters: Mapping[str, Any], *, script_only: bool = False,
+                   key: str = "slurm") -> Any:
+    """submitit's Slurm executor, configured as ``AutoExecutor(cluster="slurm")`` configures it
+    (and so as Hydra's submitit launcher does) from ``parameters``: the generic names
+    (``timeout_min``, ``mem_gb``, ``name``, ...) and Slurm's own (``partition``, ...).
+
+    Every option is checked again here, whatever path it came by (``key`` names them in the error).
+    ``script_only``: an executor that only renders the script, on any machine.
+    """
+    from submitit import AutoExecutor
+    from submitit.slurm.slurm import SlurmExecutor
+
+    check_sbatch_option(f"{key} (log folder)", str(folder))
+    given = {name: value for name, value in parameters.items() if value is not None}
+    check_sbatch_options(key, given)
+    executor = (_script_only_executor() if script_only else SlurmExecutor)(folder)
+    generic = AutoExecutor._typed_parameters()
+    executor.update_parameters(
+        **executor._convert_parameters({name: value for name, value in given.items() if name in generic}),
+        **{name: value for name, value in given.items() if name not in generic})
     return executor
 
 
-def sbatch_script(folder: Path, parameters: dict[str, Any]) -> str:
-    """The exact script submitit would hand to sbatch."""
-    executor = _executor(folder, parameters)
-    return executor._executor._make_submission_file_text(executor._executor._submitit_command_str, "dry-run")
+def sbatch_script(folder: Path, parameters: Mapping[str, Any], array_size: int = 1,
+                  key: str = "slurm") -> str:
+    """The exact script submitit hands to sbatch (for ``array_size`` > 1: the array job that
+    submitit's ``map_array`` submits), rendered without any Slurm command."""
+    executor = slurm_executor(folder, parameters, script_only=True, key=key)
+    if array_size > 1:
+        executor.parameters["map_count"] = array_size
+    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
 
 
 @dataclass(frozen=True)
@@ -189,13 +280,15 @@ class SubmitPlan:
         return "\n".join([
             sbatch_script(self.folder, self.parameters()).rstrip(),
             "# each task runs: " + shlex.join(["python", "-m", "launcher", *_job_overrides(),
-                                                f"hydra.run.dir={self.run_dir}"]),
+                                                run_dir_override(self.run_dir)]),
             "# nothing was submitted",
         ])
 
     def submit(self) -> int:
+        if self.dry_run:  # answered before (hydra_callbacks.answer_dry_run); never reaches sbatch
+            raise RuntimeError("dry_run=true: a dry run submits nothing")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        job = _executor(self.folder, self.parameters()).submit(RankTask(_job_overrides(), self.run_dir))
+        job = slurm_executor(self.folder, self.parameters()).submit(RankTask(_job_overrides(), self.run_dir))
         print(f"submitted Slurm job {job.job_id}: {self.nodes} node(s) x {self.tasks_per_node} task(s)")
         print(f"  run dir: {self.run_dir}")
         print(f"  logs:    {self.folder}/{job.job_id}_<task>_log.out (.err)", flush=True)
@@ -228,7 +321,78 @@ def plan_submission(cfg: DictConfig, run_dir: Path) -> SubmitPlan:
     if not isinstance(gpus_per_node, int) or isinstance(gpus_per_node, bool) or gpus_per_node < 0:
         raise ConfigError("slurm.gpus_per_node", gpus_per_node,
                           "allowed: auto (gpus when backend=nccl, else 0) or an integer >= 0")
+    check_run_dir("hydra.run.dir", run_dir)
     return SubmitPlan(submission_from_config(cfg), nodes, gpus, gpus_per_node, run_dir, dry_run)
+
+
+def is_slurm_sweep(cfg: DictConfig) -> bool:
+    """``-m hydra/launcher=slurm``: Hydra's submitit launcher submits the points to Slurm."""
+    target = OmegaConf.select(cfg, "hydra.launcher._target_")
+    return (isinstance(target, str) and target.startswith("hydra_plugins.hydra_submitit_launcher.")
+            and target.endswith(".SlurmLauncher"))
+
+
+@dataclass(frozen=True)
+class SweepSubmission:
+    """What Hydra's submitit launcher will hand to submitit: its folder and its parameters."""
+
+    folder: Path
+    parameters: dict[str, Any]
+
+    def describe(self, points: list[int] | None) -> str:
+        """The sbatch script of the sweep's (first) array job; ``points``: points per array job."""
+        size = points[0] if points else 1
+        count = (f"# {sum(points)} sweep point(s): {len(points)} such job(s), one array element per point"
+                 if points else "# one array element per sweep point")
+        return "\n".join([sbatch_script(self.folder, self.parameters, size, key="hydra.launcher").rstrip(),
+                          count, "# nothing was submitted"])
+
+
+def check_slurm_sweep(cfg: DictConfig) -> SweepSubmission:
+    """``-m hydra/launcher=slurm``, before the plugin submits anything: the slurm block as for
+    ``launcher=slurm``, the sweep directory, and every option the plugin hands to submitit
+    (``hydra.launcher``, resolved as the plugin resolves it)."""
+    submission_from_config(cfg)
+    check_sbatch_option("hydra.sweep.dir", str(cfg.hydra.sweep.dir))
+    options = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert isinstance(options, dict)
+    options.pop("_target_", None)
+    check_sbatch_options("hydra.launcher", options)
+    for name, source in (("nodes", "nodes"), ("tasks_per_node", "gpus")):
+        value = options.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"hydra.launcher.{name}", value, f"an integer >= 1 (a Slurm sweep needs "
+                              f"{source}=N, not auto or a list)")
+    folder = Path(str(options.pop("submitit_folder")))
+    options.pop("max_num_timeout", None)  # the executor's, not the script's
+    return SweepSubmission(folder, options)
+
+
+def sweep_overrides(cfg: DictConfig) -> list[Any] | None:
+    """A multirun's overrides as Hydra's parser reads them (the sweeper's ``params`` and the
+    command line's); None where they do not parse here (the sweeper reports that itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
+    try:
+        return OverridesParser.create().parse_overrides([*params, *cfg.hydra.overrides.task])
+    except Exception:
+        return None
+
+
+def sweep_points(cfg: DictConfig) -> list[int] | None:
+    """Points per array job the basic sweeper will hand the launcher (None: not known here)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    sweeper = cfg.hydra.sweeper
+    overrides = sweep_overrides(cfg)
+    if overrides is None or sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+        return None
+    try:
+        batches = BasicSweeper.split_arguments(overrides, sweeper.get("max_batch_size"))
+    except Exception:  # e.g. glob(), which needs the config's groups: the sweeper reports it
+        return None
+    return [len(batch) for batch in batches]
 
 
 def _progress_lines(train_log: Path, offset: int) -> tuple[list[str], int]:

@@ -264,3 +264,72 @@ def test_slurm_sweep_runs_each_point_as_one_slurm_job_and_reports(slurm):
     table = (sweep / "sweep_summary.md").read_text()
     assert "| 0 | optim.lr=0.1 | completed |" in table and "| 1 | optim.lr=0.03 | completed |" in table
     assert (sweep / "sweep_summary.png").stat().st_size > 10_000
+
+
+# --- what reaches sbatch is checked on every path; a dry run never submits --------------------------
+
+def jobs_named(name: str) -> list[str]:
+    """Every job of this name Slurm knows of: queued or running (squeue), or ended (sacct)."""
+    queued = subprocess.run(["squeue", "-h", "-n", name, "-o", "%A"], capture_output=True, text=True,
+                            timeout=30).stdout.split()
+    ended = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", f"--name={name}", "-S", "now-1days"],
+                           capture_output=True, text=True, timeout=30).stdout.split()
+    return sorted({job.split("_")[0] for job in queued + ended})
+
+
+def run_launcher_in(slurm, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=slurm.workdir, capture_output=True,
+                          text=True, env=slurm.env(), timeout=120)
+
+
+def test_line_breaks_and_bad_option_names_are_refused_before_sbatch_on_every_path(slurm):
+    pwned = slurm.workdir / "PWNED"
+    name = f"safety-{uuid.uuid4().hex[:12]}"
+    payload = f"'x\ntouch {pwned}\n#'"  # one argv element: ends the #SBATCH line if it gets there
+    single = ("launcher=slurm", "nodes=1", "gpus=1", "slurm.time=5", f"slurm.job_name={name}")
+    sweep = ("-m", "hydra/launcher=slurm", "nodes=1", "gpus=1", "slurm.time=5", f"slurm.job_name={name}",
+             "optim.lr=0.1,0.2", f"hydra.sweep.dir={slurm.workdir / 'sweep'}")
+    cases = [((*single, f"+slurm.extra.comment={payload}"), "slurm.extra.comment"),
+             ((*single, "+slurm.extra={a b:1}"), "slurm.extra"),
+             ((*sweep, f"+hydra.launcher.additional_parameters.comment={payload}"),
+              "hydra.launcher.additional_parameters.comment"),
+             ((*sweep, f"slurm.partition={payload}"), "slurm.partition")]
+    for args, key in cases:
+        done = run_launcher_in(slurm, *args)
+        slurm.jobs += jobs_named(name)
+        assert done.returncode == 2, f"{args}: {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: invalid config: {key}="), done.stderr
+    assert jobs_named(name) == [], "a job was submitted"
+    assert not pwned.exists()
+
+
+def test_multirun_with_launcher_slurm_and_dry_run_submits_nothing(slurm):
+    name = f"dry-{uuid.uuid4().hex[:12]}"
+    done = run_launcher_in(slurm, "-m", "launcher=slurm", "dry_run=true", "nodes=1", "gpus=1",
+                           f"slurm.job_name={name}", "optim.lr=0.1,0.2", f"hydra.sweep.dir={slurm.workdir / 'sweep'}")
+    slurm.jobs += jobs_named(name)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "hydra/launcher=slurm" in done.stderr, done.stderr
+    assert jobs_named(name) == [] and not (slurm.workdir / "sweep").exists()
+
+
+def test_dry_run_of_a_slurm_sweep_submits_nothing(slurm):
+    name = f"dry-{uuid.uuid4().hex[:12]}"
+    done = run_launcher_in(slurm, "-m", "hydra/launcher=slurm", "dry_run=true", "nodes=2", "gpus=1",
+                           f"slurm.job_name={name}", "optim.lr=0.1,0.2", f"hydra.sweep.dir={slurm.workdir / 'sweep'}")
+    slurm.jobs += jobs_named(name)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "#SBATCH --array=0-1%2" in done.stdout and "# nothing was submitted" in done.stdout
+    assert jobs_named(name) == [] and not (slurm.workdir / "sweep").exists()
+
+
+def test_launcher_slurm_run_dir_with_quotes_and_brackets_reaches_every_task(slurm):
+    """The run directory is handed to the tasks as a quoted override: read back exactly."""
+    slurm.workdir = slurm.workdir / "it's [a] (b) {c} d=e"
+    slurm.workdir.mkdir()
+    done = slurm.launcher("nodes=2", "gpus=1", "slurm.wait=true", "slurm.time=10", "trainer.epochs=1",
+                          "data.dataset.num_samples=512")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (summary,) = summaries(slurm.workdir / "outputs")
+    assert summary["world_size"] == 2 and summary["nodes"] == 2
