@@ -13,12 +13,18 @@ from omegaconf import OmegaConf
 @functools.cache
 def run_stamp() -> str:
     """The default run directory's name: the same for every task of a Slurm step and for its
-    requeues (so ``resume=auto`` finds the checkpoint), else the start time."""
+    requeues (so ``resume=auto`` finds the checkpoint), else the start time.
+
+    The start time to the millisecond, then this process's id: ``2025-01-31/14-05-09.123-4711``.
+    It sorts by time, and two launches started at the same moment on one machine never share a
+    directory (two live processes never have the same id). Cached: Hydra resolves it more than once.
+    """
     if "SLURM_JOB_ID" in os.environ and ("SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ):
         if "SLURM_ARRAY_JOB_ID" in os.environ:
             return f"slurm-{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
         return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    return time.strftime("%Y-%m-%d/%H-%M-%S")
+    now = time.time()
+    return f"{time.strftime('%Y-%m-%d/%H-%M-%S', time.localtime(now))}.{int(now * 1000) % 1000:03d}-{os.getpid()}"
 
 
 def slurm_gpus(spec: object, gpus: object, backend: object) -> object:
