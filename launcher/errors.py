@@ -18,3 +18,12 @@ class ConfigError(Exception):
 
 class StartFailed(Exception):
     """The ranks could not be started or could not find each other; the message says why."""
+
+
+class LaunchFailed(RuntimeError):
+    """``launcher.launch()``: the job failed; the message names the first failing rank, its host and
+    its traceback, and ``failure`` holds the same as data (``launcher.failures.RankFailure``)."""
+
+    def __init__(self, message: str, failure: object | None = None) -> None:
+        super().__init__(message)
+        self.failure = failure
