@@ -22,6 +22,7 @@ from launcher.config import JobConfig, load_job_config, resolved_config
 from launcher.environments import LocalEnvironment, SlurmEnvironment, detect
 from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, StartFailed
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
+from launcher.local_store import FILE_STORE_ENV
 from launcher.modes import get_mode
 from launcher.rank_output import LOGS_SUBDIR, log_file_name
 from launcher.submit import SubmitPlan, failure_report, plan_submission
@@ -42,8 +43,13 @@ def exit_on_config_error(error: ConfigError) -> NoReturn:
 
 def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
     """The job, or a one-line error and exit code 2 before anything is started or written."""
+    from launcher.config import check_run_dir
+
     try:
-        return load_checked(cfg, run_dir)
+        job = load_checked(cfg, run_dir)
+        if isinstance(job, SubmitPlan):  # submitting: no task of the job has started yet
+            check_run_dir(cfg, run_dir, shared=False)
+        return job
     except ConfigError as error:
         exit_on_config_error(error)
 
@@ -68,12 +74,27 @@ def load_checked(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
     return load_job_config(cfg, run_dir)
 
 
-def _prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
-    """Write the config every rank reads; drop the failure report of an earlier attempt.
+def prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
+    """Write the config every rank reads; drop the failure report of an earlier attempt (and,
+    with ``overwrite=true``, first every output of the earlier run the directory held).
 
     Atomically: with one Slurm task per rank, every task writes the same file at about the same
     time, and a rank must never read a half-written one.
     """
+    import shutil
+
+    from launcher.config import outputs_to_replace
+
+    shared = job.slurm_rank is not None or job.nodes > 1 or SlurmEnvironment.detect(os.environ)
+    replaced = outputs_to_replace(cfg, job.run_dir, shared)
+    for path in replaced:  # overwrite=true: nothing of the earlier run mixes with this one
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if replaced:
+        log.warning("overwrite=true: removed the earlier run's %s from %s",
+                    ", ".join(path.name for path in replaced), job.run_dir)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     target = job.run_dir / "config.yaml"
     partial = target.with_name(f".config.yaml.{os.getpid()}.tmp")
@@ -134,6 +155,8 @@ def job_environment(job: JobConfig, error_dir: str) -> Iterator[None]:
             **job.rank_env(),
         }
     )
+    if job.uses_file_store:
+        os.environ[FILE_STORE_ENV] = os.path.join(error_dir, "store")
     # Set before any rank starts, identically in both modes (torchrun would export 1, spawn
     # nothing), so every rank's OpenMP pool is sized before torch starts a thread.
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
@@ -183,8 +206,15 @@ def run(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from launcher.hydra_callbacks import answer_dry_run
+    from launcher.submit import SLURM_SWEEP_HINT
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweep_point = HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep_point and OmegaConf.select(cfg, "launcher.name") == "slurm":
+        # One submission per point would end the sweep at its first point (ValidateBeforeStart
+        # refuses this up front; here for a sweep it could not read, e.g. launcher=glob(*)).
+        exit_on_config_error(ConfigError("launcher", "slurm", SLURM_SWEEP_HINT))
     if sweep_point:
         try:
             job = load_checked(cfg, run_dir)
@@ -192,12 +222,11 @@ def run(cfg: DictConfig) -> float | None:
             raise JobFailed(f"{error}" + (f"\n{error.hint}" if error.hint else "")) from None
     else:
         job = validated_job(cfg, run_dir)
+    if answer_dry_run(job):  # the one place a dry run is answered (also for a single run's callback)
+        return None
     if isinstance(job, SubmitPlan):
         sys.exit(job.submit())
-    if job.dry_run:
-        print(plan.describe(job))
-        return
-    _prepare_run_dir(cfg, job)
+    prepare_run_dir(cfg, job)
     if job.slurm_rank is not None:
         run_as_slurm_rank(job, sweep_point)
         return

@@ -26,9 +26,12 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+from launcher.failures import CLEAN_EXIT_PREFIX
+from launcher.local_store import rank_store_path, use_file_store_for_env_rendezvous
 from launcher.rank_output import capture_rank_output
 from launcher.ranks import rank_info
 
@@ -37,7 +40,7 @@ PARENT_PID_ENV = "LAUNCHER_PARENT_PID"
 INIT_TIMEOUT_ENV = "LAUNCHER_INIT_TIMEOUT_S"
 COLLECTIVE_TIMEOUT_ENV = "LAUNCHER_COLLECTIVE_TIMEOUT_S"
 LOCAL_RANK_ARG_ENV = "LAUNCHER_LOCAL_RANK_ARG"
-TARGET_KINDS = ("module", "script", "exec")
+JOIN_SLACK_S = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -68,10 +71,11 @@ def attempt_number() -> int:
     return sum(int(os.environ.get(key) or 0) for key in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
 
 
-def record_failure(error: BaseException) -> None:
+def record_failure(error: BaseException, at: float | None = None) -> Path | None:
+    """Write the failure record; its path, or None when there is nowhere to write it."""
     error_dir = os.environ.get(ERROR_DIR_ENV)
     if not error_dir:
-        return
+        return None
     rank = os.environ.get("RANK", "?")
     record = {
         "rank": int(rank) if rank.isdigit() else rank,
@@ -79,7 +83,7 @@ def record_failure(error: BaseException) -> None:
         "node_rank": os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK"),
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "time": time.time(),
+        "time": time.time() if at is None else at,
         "restart": attempt_number(),
         "error": f"{type(error).__name__}: {error}",
         "traceback": _user_traceback(error),
@@ -89,7 +93,8 @@ def record_failure(error: BaseException) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
     except OSError:
-        pass  # reporting must never mask the original error
+        return None  # reporting must never mask the original error
+    return path
 
 
 def isolate_restarted_attempt() -> None:
@@ -122,7 +127,7 @@ def isolate_restarted_attempt() -> None:
     rendezvous.register_rendezvous_handler("env", per_attempt_env_handler)
 
 
-def default_timeouts() -> None:
+def default_timeouts(report_fd: int) -> None:
     """Give ``init_process_group()`` calls that pass no ``timeout`` the job's two bounds.
 
     torch's default is one 30-minute timeout for joining and for every collective; a script run by
@@ -146,16 +151,54 @@ def default_timeouts() -> None:
 
     @functools.wraps(original)
     def init_process_group(*args: object, **kwargs: object) -> None:
-        if signature.bind_partial(*args, **kwargs).arguments.get("timeout") is not None:
-            return original(*args, **kwargs)
-        kwargs["timeout"] = timedelta(seconds=float(init_s))
-        original(*args, **kwargs)
-        set_timeout(collective)
-        return None
+        own = signature.bind_partial(*args, **kwargs).arguments.get("timeout")
+        if own is None:
+            kwargs["timeout"] = timedelta(seconds=float(init_s))
+        if connects_to_a_store():
+            with joining_bounded_by(own or kwargs["timeout"], report_fd):
+                original(*args, **kwargs)
+        else:  # it hosts the store (or uses a file): torch's own timeout says who did not join
+            original(*args, **kwargs)
+        if own is None:
+            set_timeout(collective)
 
     for module in (dist, distributed_c10d, sys.modules.get("torch.distributed.device_mesh")):
         if module is not None and getattr(module, "init_process_group", None) is original:
             module.init_process_group = init_process_group
+
+
+def connects_to_a_store() -> bool:
+    """Whether this rank's ``env://`` rendezvous connects to a TCPStore elsewhere (torch retries
+    such a connection), rather than hosting it (rank 0) or using the job's store file."""
+    if rank_store_path() is not None:
+        return False
+    return os.environ.get("RANK") != "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+@contextlib.contextmanager
+def joining_bounded_by(timeout: timedelta, report_fd: int) -> Iterator[None]:
+    """End this rank if joining the process group outlasts its timeout.
+
+    torch's store client retries a timed-out connection once more, so a rank whose master never
+    answers would wait up to twice the timeout; this keeps the promise of ``init_timeout``. The
+    store call holds the GIL, so no Python thread or signal handler could act: faulthandler's
+    watchdog (a C thread) ends the process, and the failure record written beforehand says why
+    (it is replaced by the real error if the call raises, and removed if it succeeds). The
+    watchdog's stack dump goes to ``report_fd`` (the rank's log file when output is captured).
+    """
+    seconds = timeout.total_seconds() + JOIN_SLACK_S
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    error = RuntimeError(f"rank {os.environ.get('RANK', '?')} could not join the process group at "
+                         f"{where} within {timeout.total_seconds():g}s: is every rank started, and "
+                         "is the master address reachable from here?")
+    pending = record_failure(error, at=time.time() + seconds)
+    faulthandler.dump_traceback_later(seconds, exit=True, file=report_fd)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    if pending is not None:
+        pending.unlink(missing_ok=True)
 
 
 def search_working_directory_last() -> None:
@@ -183,24 +226,45 @@ def run_target(kind: str, name: str, args: list[str]) -> None:
     try:
         if kind == "exec":
             os.execvp(name, [name, *args])
-        isolate_restarted_attempt()
-        default_timeouts()
+        if not use_file_store_for_env_rendezvous():
+            isolate_restarted_attempt()
+        default_timeouts(2 if file_only is None else file_only)
         search_working_directory_last()
         sys.argv = [name, *args]
         if kind == "module":
             runpy.run_module(name, run_name="__main__", alter_sys=True)
+        elif kind == "function":
+            from launcher.api import run_function
+
+            run_function(name)
         else:
             sys.path.insert(0, str(Path(name).parent))
             runpy.run_path(name, run_name="__main__")
     except SystemExit as stop:
         if stop.code not in (None, 0):
             record_failure(stop)
+        else:
+            record_clean_exit()
         raise
     except KeyboardInterrupt:
         raise
     except BaseException as error:
         record_failure(error)
         fail_fast(error, file_only)
+    record_clean_exit()
+
+
+def record_clean_exit() -> None:
+    """Note when this rank finished without error: if its peers then fail because it is gone
+    ("Connection closed by peer"), the launcher names this rank's early exit as the cause."""
+    error_dir = os.environ.get(ERROR_DIR_ENV)
+    if not error_dir:
+        return
+    rank = os.environ.get("RANK", "?")
+    record = {"rank": int(rank) if rank.isdigit() else rank, "host": socket.gethostname(),
+              "time": time.time(), "restart": attempt_number()}
+    with contextlib.suppress(OSError):
+        Path(error_dir, f"{CLEAN_EXIT_PREFIX}{rank}.attempt_{record['restart']}.json").write_text(json.dumps(record))
 
 
 def fail_fast(error: BaseException, file_only: int | None = None) -> None:

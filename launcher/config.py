@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import glob
 import os
+import pickletools
 import re
 import shlex
 import shutil
 import socket
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 class Target:
     """What every rank runs: our trainer module, or the user's script, module or executable."""
 
-    kind: str  # "module" | "script" | "exec" (an executable, no python)
+    kind: str  # "module" | "script" | "exec" (an executable, no python) | "function" (launch())
     name: str
     args: tuple[str, ...] = ()
 
@@ -72,7 +74,7 @@ class ModeConfig:
     name: str
     max_restarts: int = 0
     monitor_interval_s: float = 0.1
-    shutdown_grace_s: float = 10.0
+    shutdown_grace_s: float = 5.0
     start_method: str = "spawn"
     rdzv: str = "static"
     rdzv_endpoint: str | None = None
@@ -127,6 +129,11 @@ class JobConfig:
             COLLECTIVE_TIMEOUT_ENV: f"{self.collective_timeout_s:g}",
             LOCAL_RANK_ARG_ENV: "1" if self.mode.local_rank_arg else "0",
         }
+
+    @property
+    def uses_file_store(self) -> bool:
+        """One node whose ranks the launcher starts: rendezvous through a file, no open port."""
+        return self.nodes == 1 and self.mode.rdzv == "static" and self.slurm_rank is None
 
     @property
     def world_size(self) -> int:
@@ -453,6 +460,194 @@ def _check_training_options(cfg: DictConfig, device_type: str) -> None:
         raise ConfigError("sched.interval", interval, f"allowed: {', '.join(SCHEDULE_INTERVALS)}")
 
 
+# --- the run directory: a rerun never loses an earlier run ------------------------------------------
+# Written by the built-in trainer only once every rank has joined the process group, that is after
+# every task (Slurm) or node of this job passed its checks: proof of an earlier run even in a run
+# directory that the tasks of one step enter together. ``config.yaml`` is written by each launcher
+# as it starts, so it is proof only where no other launcher of this job shares the directory.
+TRAINING_OUTPUTS = ("summary.json", "metrics.jsonl", "checkpoints")
+# What ``overwrite=true`` removes before the new run starts (config.yaml is replaced atomically,
+# launcher.log and .hydra/ are Hydra's); the training outputs last, so a task that still sees one
+# knows the clearing is not finished.
+RUN_OUTPUTS = ("logs", "failures", "failure.json", "tensorboard", "curves.png", "train.log",
+               *TRAINING_OUTPUTS)
+# What the built-in trainer reads from a checkpoint: to resume from it, and to evaluate it.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "progress", "rng", "world_size")
+EVAL_KEYS = ("model", "progress")
+
+
+def _slurm_requeued() -> bool:
+    """A Slurm job that runs again (requeued before its time limit, or after a node failure):
+    the trainer continues from the job's own checkpoint, in the job's own run directory."""
+    try:
+        return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    except ValueError:
+        return False
+
+
+def _continues_run(cfg: DictConfig) -> bool:
+    return cfg.get("resume") is not None or _slurm_requeued()
+
+
+def previous_run(run_dir: Path, shared: bool) -> list[str]:
+    """What in ``run_dir`` shows an earlier run (``shared``: other launchers of this job may be
+    writing their config.yaml into it right now)."""
+    found = []
+    for name in TRAINING_OUTPUTS if shared else ("config.yaml", *TRAINING_OUTPUTS):
+        path = run_dir / name
+        if path.is_dir():
+            if any(path.iterdir()):
+                found.append(f"{name}/")
+        elif path.exists():
+            found.append(name)
+    return found
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path, shared: bool) -> None:
+    """Refuse to start in a directory that holds an earlier run, unless this run continues it
+    (``resume``, a Slurm requeue) or replaces it (``overwrite=true``)."""
+    if str(OmegaConf.select(cfg, "hydra.run.dir", default="x")).strip() == "":
+        raise ConfigError("hydra.run.dir", "", "must name a directory (empty would be the current "
+                          "directory, mixing the run's files with everything in it)")
+    overwrite = cfg.get("overwrite", False)
+    _check_bool("overwrite", overwrite)
+    resume = cfg.get("resume")
+    if overwrite and resume is not None:
+        raise ConfigError("overwrite", True, f"replaces the run directory's earlier run, resume={resume} "
+                          "continues it: give one of them")
+    if overwrite or _continues_run(cfg):
+        return
+    found = previous_run(run_dir, shared)
+    if found:
+        raise ConfigError("hydra.run.dir", str(run_dir), f"holds an earlier run ({', '.join(found)}); "
+                          "continue it with resume=auto, replace it with overwrite=true, or choose "
+                          "another directory")
+
+
+def outputs_to_replace(cfg: DictConfig, run_dir: Path, shared: bool) -> list[Path]:
+    """With ``overwrite=true``: the earlier run's outputs, to remove before this run writes any."""
+    if not cfg.get("overwrite", False) or _continues_run(cfg) or not previous_run(run_dir, shared):
+        return []
+    return [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+
+
+class _PickledDict:
+    """A dict under construction in a pickle's opcodes: only its string keys are kept."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def add(self, items: list[Any]) -> None:
+        self.keys.update(key for key in items[0::2] if isinstance(key, str))
+
+
+_STRING_OPCODES = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
+
+
+def pickled_dict_keys(data: bytes) -> set[str] | None:
+    """The string keys of the plain dict a pickle holds at its top level; None when it holds
+    anything else or is no pickle.
+
+    Read opcode by opcode with ``pickletools.genops``, tracking only the stack's shape: nothing is
+    executed and no class is imported.
+    """
+    mark = object()
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+
+    def pop_to_mark() -> list[Any]:
+        index = len(stack) - 1 - stack[::-1].index(mark)
+        items = stack[index + 1:]
+        del stack[index:]
+        return items
+
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            name = opcode.name
+            if name == "STOP":
+                result = stack.pop()
+                return set(result.keys) if isinstance(result, _PickledDict) else None
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name in _STRING_OPCODES:
+                stack.append(str(arg))
+            elif name == "EMPTY_DICT":
+                stack.append(_PickledDict())
+            elif name == "DICT":
+                made = _PickledDict()
+                made.add(pop_to_mark())
+                stack.append(made)
+            elif name == "SETITEM":
+                value, key = stack.pop(), stack.pop()
+                if isinstance(stack[-1], _PickledDict):
+                    stack[-1].add([key, value])
+            elif name == "SETITEMS":
+                items = pop_to_mark()
+                if isinstance(stack[-1], _PickledDict):
+                    stack[-1].add(items)
+            else:  # any other opcode: its effect on the stack's shape, its value unknown
+                before = opcode.stack_before
+                if pickletools.markobject in before:
+                    pop_to_mark()
+                    before = before[:before.index(pickletools.markobject)]
+                if before:
+                    if len(stack) < len(before):
+                        return None
+                    del stack[len(stack) - len(before):]
+                stack.extend(mark if item is pickletools.markobject else None for item in opcode.stack_after)
+    except (ValueError, IndexError, KeyError, EOFError):
+        return None
+    return None
+
+
+def checkpoint_problem(path: Path, keys: tuple[str, ...]) -> str | None:
+    """Why ``path`` is no checkpoint of the built-in trainer holding ``keys``; None if it is one.
+
+    torch.save writes a zip archive whose ``*/data.pkl`` is a pickle; its opcodes are read, never
+    run, so the check needs no torch and executes nothing.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                return "is a zip archive but no torch checkpoint (no data.pkl in it)"
+            data = archive.read(pickles[0])
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return "is not a checkpoint (torch.save writes a zip archive)"
+    found = pickled_dict_keys(data)
+    if found is None:
+        return (f"is not a checkpoint of the built-in trainer (a dict of {', '.join(keys)}, as in "
+                "RUN_DIR/checkpoints/last.pt); a model's bare state_dict is not one")
+    missing = [key for key in keys if key not in found]
+    if missing:
+        return f"is not a checkpoint of the built-in trainer: it has no {', '.join(missing)}"
+    return None
+
+
+def _check_checkpoint_files(cfg: DictConfig, run_dir: Path) -> None:
+    """``resume=PATH`` (or ``auto`` with DIR/checkpoints/last.pt) and, to evaluate, ``checkpoint``:
+    a file the trainer can read, named in one line, not a KeyError inside every rank."""
+    resume = cfg.get("resume")
+    if resume == "auto":
+        own = run_dir / "checkpoints" / "last.pt"
+        problem = checkpoint_problem(own, RESUME_KEYS) if own.is_file() else None
+        if problem:
+            raise ConfigError("resume", "auto", f"{own} {problem}")
+    elif resume is not None:
+        problem = checkpoint_problem(Path(str(resume)), RESUME_KEYS)
+        if problem:
+            raise ConfigError("resume", str(resume), problem)
+    checkpoint = cfg.get("checkpoint")
+    if OmegaConf.select(cfg, "trainer.mode", default="train") == "eval" and checkpoint is not None:
+        problem = checkpoint_problem(Path(str(checkpoint)), EVAL_KEYS)
+        if problem:
+            raise ConfigError("checkpoint", str(checkpoint), problem)
+
+
 def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | None = None) -> JobConfig:
     """Validate the user's config and resolve every ``auto`` into a concrete value.
 
@@ -504,6 +699,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
         raise ConfigError("resume", resume, "allowed: null, auto, or the path of an existing checkpoint")
+    if target.kind == "module" and target.name == TRAINER_MODULE:  # a script reads its own
+        _check_checkpoint_files(cfg, run_dir)
+    check_run_dir(cfg, run_dir, shared=allocation is not None or nodes > 1)
     if not dry_run:
         _check_writable_dir("hydra.run.dir", run_dir)
     static = mode.rdzv == "static"

@@ -19,6 +19,7 @@ _SYMPTOM = re.compile(
     r"communicator was aborted|DistNetworkError|wait timeout after",
     re.IGNORECASE,
 )
+CLEAN_EXIT_PREFIX = "exited_rank_"  # launcher.child's record of a rank that finished without error
 # The store's own account of a job that never assembled: the best explanation there is.
 JOINED = re.compile(r"(\d+)/(\d+) clients joined")
 
@@ -101,10 +102,29 @@ def first_failure(error_dir: Path, exits: dict[int, tuple[int, float]]) -> RankF
     if not causes and silent:
         rank, (code, seen) = min(silent.items(), key=lambda item: (item[1][1], item[0]))
         return RankFailure(rank, socket.gethostname(), code, seen, "")
+    early = _early_exit(error_dir, last_attempt, before=min((f.time for f in recorded), default=0.0))
+    if not causes and early is not None:
+        return early
     if not (causes or recorded):
         return None
     first = (causes or recorded)[0]
     return replace(first, exit_code=exits.get(first.rank, (None, 0.0))[0])
+
+
+def _early_exit(error_dir: Path, attempt: int, before: float) -> RankFailure | None:
+    """The first rank that finished without error before any rank failed (see
+    ``launcher.child.record_clean_exit``): its peers' errors are only that it went away."""
+    exited = []
+    for path in error_dir.glob(f"{CLEAN_EXIT_PREFIX}*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            record = json.loads(path.read_text())
+            if record["restart"] == attempt and record["time"] < before:
+                exited.append(record)
+    if not exited:
+        return None
+    first = min(exited, key=lambda record: record["time"])
+    return RankFailure(first["rank"], first["host"], 0, first["time"],
+                       "exited early with code 0 while the job was still running")
 
 
 def write_failure(run_dir: Path, failure: RankFailure) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 # SIGINT too: a shell starts background jobs with SIGINT ignored, and `kill -INT` must still stop us.
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
+# SIGKILL is not refused, but a process in uninterruptible sleep dies only when it wakes: the
+# launcher waits this long for that, so stopping a job stays bounded.
+KILL_WAIT_S = 2.0
+log = logging.getLogger("launcher")
 
 
 class Interrupted(Exception):
@@ -105,10 +110,13 @@ def kill_descendants(grace_s: float) -> list[int]:
         if not job_processes():
             return leftovers
         time.sleep(0.05)
-    while alive := job_processes():
+    deadline = time.monotonic() + KILL_WAIT_S
+    while (alive := job_processes()) and time.monotonic() < deadline:
         _signal_all(alive, signal.SIGKILL)
         _reap_zombies()
         time.sleep(0.05)
+    if alive:  # e.g. stuck in uninterruptible I/O: the kernel ends them when that returns
+        log.error("processes still alive %.0f s after SIGKILL: %s", KILL_WAIT_S, alive)
     return leftovers
 
 

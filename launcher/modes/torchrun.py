@@ -8,14 +8,18 @@ torch's own.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import JOINED
-from launcher.supervise import Interrupted
+from launcher.local_store import AGENT_BACKEND, FILE_STORE_ENV, register_agent_backend
+from launcher.supervise import Interrupted, job_processes
 
 if TYPE_CHECKING:
     from torch.distributed.launcher.api import LaunchConfig
@@ -45,14 +49,19 @@ def _rdzv_configs(job: JobConfig) -> dict[str, object]:
 def launch_config(job: JobConfig) -> LaunchConfig:
     from torch.distributed.launcher.api import LaunchConfig
 
+    backend, configs = job.mode.rdzv, _rdzv_configs(job)
+    if job.uses_file_store:
+        register_agent_backend()
+        backend = AGENT_BACKEND
+        configs = {"path": os.environ.get(FILE_STORE_ENV, "TMPDIR/store") + ".agent"}
     return LaunchConfig(
         min_nodes=job.nodes,
         max_nodes=job.nodes,
         nproc_per_node=job.local_world_size,
         run_id=job.rdzv_id,
-        rdzv_backend=job.mode.rdzv,
+        rdzv_backend=backend,
         rdzv_endpoint=job.rdzv_endpoint,
-        rdzv_configs=_rdzv_configs(job),
+        rdzv_configs=configs,
         rdzv_timeout=int(job.init_timeout_s),
         max_restarts=job.mode.max_restarts,
         monitor_interval=job.mode.monitor_interval_s,
@@ -107,22 +116,78 @@ def _rendezvous_failure(job: JobConfig, error: Exception) -> str:
     return f"{node} could not rendezvous at {where} {within}: {type(error).__name__}: {error}"
 
 
+# How often the main thread looks at the agent; signals are handled between looks.
+_POLL_S = 0.1
+# The rendezvous may take init_timeout; torch's store client retries a failed connection once more,
+# which would double it. Past this slack the launcher gives up itself.
+RENDEZVOUS_SLACK_S = 1.0
+
+
+def _silence_cpp_retry_warnings() -> None:
+    """torch's store client logs every connection retry from C++ (20 lines for one unreachable
+    master); the launcher reports the outcome in one line. The level is read when torch is first
+    imported, so set it for this process only and give the workers the user's own setting."""
+    if "torch" in sys.modules or "TORCH_CPP_LOG_LEVEL" in os.environ:
+        return
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    try:
+        import torch  # noqa: F401
+    finally:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]
+
+
+def _run_agent(job: JobConfig, outcome: dict[str, BaseException]) -> None:
+    from torch.distributed.launcher.api import elastic_launch
+
+    try:
+        elastic_launch(launch_config(job), sys.executable)(*worker_args(job))
+    except BaseException as error:  # handed to the main thread, which decides
+        outcome["error"] = error
+
+
+def _wait_for_agent(job: JobConfig, agent: threading.Thread) -> None:
+    """Wait in Python, not in the agent's C++ store calls, so Ctrl-C, SIGTERM and SIGHUP raise
+    ``Interrupted`` at once in every phase; and bound the rendezvous by ``init_timeout``."""
+    deadline: float | None = time.monotonic() + job.init_timeout_s + RENDEZVOUS_SLACK_S
+    next_look = 0.0
+    while agent.is_alive():
+        agent.join(timeout=_POLL_S)
+        if deadline is None or not agent.is_alive() or time.monotonic() < next_look:
+            continue
+        next_look = time.monotonic() + 0.5
+        if job_processes():  # workers exist: the rendezvous is over
+            deadline = None
+        elif time.monotonic() > deadline:
+            node = "this node" if job.ranks_from_rendezvous else f"node {job.node_rank}"
+            raise StartFailed(
+                f"{node} did not complete the rendezvous at {job.rdzv_endpoint} within "
+                f"init_timeout={job.init_timeout_s:g}s: is node 0 running and reachable, were all "
+                f"{job.nodes} nodes started with the same master_addr/master_port?")
+
+
 def run(job: JobConfig) -> dict[int, tuple[int, float]]:
+    _silence_cpp_retry_warnings()
     from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous import RendezvousError
-    from torch.distributed.launcher.api import elastic_launch
 
     # The agent narrates every step and logs each worker failure; the launcher reports the root
     # cause itself (first failing rank, host, traceback), so keep the agent to critical messages.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    try:
-        elastic_launch(launch_config(job), sys.executable)(*worker_args(job))
-    except (DistError, RendezvousError) as no_rendezvous:
-        raise StartFailed(_rendezvous_failure(job, no_rendezvous)) from None
-    except ChildFailedError as failed:
-        return {rank: (failure.exitcode, failure.timestamp) for rank, failure in failed.failures.items()}
-    except SignalException as signalled:
-        raise Interrupted(int(signalled.sigval)) from None
-    return {}
+    outcome: dict[str, BaseException] = {}
+    # A daemon thread: after Ctrl-C or a rendezvous timeout it may still be blocked in C++ while
+    # the launcher stops the job and exits.
+    agent = threading.Thread(target=_run_agent, args=(job, outcome), name="torchrun-agent", daemon=True)
+    agent.start()
+    _wait_for_agent(job, agent)
+    error = outcome.get("error")
+    if error is None:
+        return {}
+    if isinstance(error, (DistError, RendezvousError)):
+        raise StartFailed(_rendezvous_failure(job, error)) from None
+    if isinstance(error, ChildFailedError):
+        return {rank: (failure.exitcode, failure.timestamp) for rank, failure in error.failures.items()}
+    if isinstance(error, SignalException):
+        raise Interrupted(int(error.sigval)) from None
+    raise error
