@@ -117,6 +117,10 @@ def test_train_sbatch_one_task_per_rank_2x2(slurm, launcher, tmp_path):
     assert len(found) == 1, "summary.json is written once, by rank 0"
     assert found[0]["world_size"] == 4 and found[0]["gpus_per_node"] == [2, 2]
     assert found[0]["weights_sha256"] == local_reference(launcher, tmp_path, *TINY)
+    logs = slurm.run_dir(job) / "logs"
+    for rank in range(4):  # one task per rank: each task keeps its own log, prefixed on srun's output
+        assert (logs / f"rank_{rank}.log").read_text().startswith(f"==== attempt 0: rank {rank} ")
+    assert "[rank 0] " in slurm.output(job)
 
 
 def test_train_torchrun_sbatch_one_task_per_node_2x2(slurm):
@@ -217,6 +221,8 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
     assert summary["restarts"] == 1, summary
     assert summary["weights_sha256"] == local_reference(launcher, tmp_path, *small)
     assert time.monotonic() - signalled_at < JOB_TIMEOUT_S
+    rank_log = (run_dir / "logs" / "rank_3.log").read_text()  # appended across the requeue
+    assert rank_log.index("==== attempt 0: rank 3 ") < rank_log.index("==== attempt 1: rank 3 ")
 
 
 def test_submitit_time_limit_signal_requeues_and_resumes(slurm, launcher, tmp_path):
