@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import uuid
@@ -97,8 +98,12 @@ def prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
                     ", ".join(path.name for path in replaced), job.run_dir)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     target = job.run_dir / "config.yaml"
-    partial = target.with_name(f".config.yaml.{os.getpid()}.tmp")
-    OmegaConf.save(OmegaConf.create(resolved_config(cfg, job)), partial)
+    # Unique per host and process: the tasks of a Slurm step, on several nodes, write it at once.
+    partial = target.with_name(f".config.yaml.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(partial, "w") as file:
+        file.write(OmegaConf.to_yaml(OmegaConf.create(resolved_config(cfg, job))))
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(partial, target)
     (job.run_dir / FAILURE_FILE).unlink(missing_ok=True)
 
