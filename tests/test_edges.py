@@ -1,17 +1,19 @@
 """Promises at the edges of a job's life: Ctrl-C during the rendezvous, a bounded stop, a rank that
 leaves early, an unreachable master, and a one-node job that opens no port beyond loopback."""
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from launcher.network import free_port
-from tests.conftest import wait_for, wait_for_no_leftovers
+from tests.conftest import job_processes, wait_for, wait_for_no_leftovers
 
 pytestmark = pytest.mark.slow
 MODES = ["torchrun", "mp_spawn"]
@@ -64,22 +66,30 @@ def stop_and_time(proc: subprocess.Popen, signum: int) -> float:
     return time.monotonic() - start
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_ctrl_c_while_waiting_for_a_peer_node_stops_within_the_promise(launcher, mode):
-    port = free_port("127.0.0.1")
-    proc, job_id = launcher.start(f"launcher={mode}", "nodes=2", "node_rank=0", f"master_port={port}",
-                                  "init_timeout=300", "gpus=1")
+@contextlib.contextmanager
+def running(launcher, ready: Callable[[], bool], what: str, *overrides: str) -> Iterator[subprocess.Popen]:
+    """A launcher started in the background, handed over once ``ready``; killed if still running."""
+    proc, job_id = launcher.start(*overrides)
     try:
-        # node 0 hosts the rendezvous store: once it listens, the node is waiting for its peer
-        wait_for(lambda: is_listening(port) or proc.poll() is not None, 60, "the rendezvous store")
+        wait_for(lambda: ready() or proc.poll() is not None, 90, what)
         assert proc.poll() is None, proc.communicate()[1]
-        elapsed = stop_and_time(proc, signal.SIGINT)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
+    wait_for_no_leftovers(job_id)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ctrl_c_while_waiting_for_a_peer_node_stops_within_the_promise(launcher, mode):
+    port = free_port("127.0.0.1")
+    # node 0 hosts the rendezvous store: once it listens, the node is waiting for its peer
+    with running(launcher, lambda: is_listening(port), "the rendezvous store", f"launcher={mode}",
+                 "nodes=2", "node_rank=0", f"master_port={port}", "init_timeout=300", "gpus=1") as proc:
+        elapsed = stop_and_time(proc, signal.SIGINT)
     assert proc.returncode == 128 + signal.SIGINT
     assert elapsed < STOP_PROMISE_S, f"stopped {elapsed:.1f}s after Ctrl-C"
-    wait_for_no_leftovers(job_id)
 
 
 IGNORES_SIGTERM = """
@@ -93,22 +103,19 @@ while True:
 """
 
 
+def both_ranks_ready(directory: Path) -> Callable[[], bool]:
+    return lambda: all((directory / f"ready_{rank}").exists() for rank in (0, 1))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_stopping_ranks_that_ignore_sigterm_is_bounded(launcher, tmp_path, mode):
     script = tmp_path / "stubborn.py"
     script.write_text(IGNORES_SIGTERM)
-    proc, job_id = launcher.start(f"launcher={mode}", "--nproc-per-node=2", str(script), str(tmp_path))
-    try:
-        wait_for(lambda: all((tmp_path / f"ready_{rank}").exists() for rank in (0, 1))
-                 or proc.poll() is not None, 90, "both ranks to start")
-        assert proc.poll() is None, proc.communicate()[1]
+    with running(launcher, both_ranks_ready(tmp_path), "both ranks to start", f"launcher={mode}",
+                 "--nproc-per-node=2", str(script), str(tmp_path)) as proc:
         elapsed = stop_and_time(proc, signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
     assert elapsed < STOP_PROMISE_S, f"stopped {elapsed:.1f}s after SIGTERM"
-    wait_for_no_leftovers(job_id)
 
 
 LEAVES_EARLY = """
@@ -163,23 +170,15 @@ dist.barrier()
 
 @pytest.mark.parametrize("mode", MODES)
 def test_one_node_job_listens_on_loopback_only(launcher, tmp_path, mode):
-    from tests.conftest import job_processes
-
     script = tmp_path / "listen.py"
     script.write_text(LISTENS_THEN_WAITS)
-    proc, job_id = launcher.start(f"launcher={mode}", "--nproc-per-node=2", str(script), str(tmp_path))
-    try:
-        wait_for(lambda: all((tmp_path / f"ready_{rank}").exists() for rank in (0, 1))
-                 or proc.poll() is not None, 90, "both ranks to join")
-        assert proc.poll() is None, proc.communicate()[1]
-        addresses = listening_addresses_of([proc.pid, *job_processes(job_id)])
+    with running(launcher, both_ranks_ready(tmp_path), "both ranks to join", f"launcher={mode}",
+                 "--nproc-per-node=2", str(script), str(tmp_path)) as proc:
+        addresses = listening_addresses_of([proc.pid, *job_processes(launcher.job_ids[-1])])
         (tmp_path / "go").touch()
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err
     exposed = [(address, port) for address, port in addresses
                if address not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
     assert not exposed, f"the job listens beyond loopback: {exposed}"
-    wait_for_no_leftovers(job_id)
+    assert addresses, "no listening socket seen at all: the check looked at the wrong processes"
