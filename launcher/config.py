@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from launcher.allocation import SLURM_TASK_ROLES, Allocation, sbatch_hint
 from launcher.child import COLLECTIVE_TIMEOUT_ENV, INIT_TIMEOUT_ENV, LOCAL_RANK_ARG_ENV
+from launcher.devices import cuda_device_index
 from launcher.errors import ConfigError
 from launcher.network import (
     PortUnavailable,
@@ -104,6 +105,7 @@ class JobConfig:
     slurm_rank: RankInfo | None = None  # this process IS that rank (a task of `srun`, one per rank)
     console_ranks: tuple[int, ...] | None = None  # None: every rank's output on the console
     console_local_ranks: tuple[int, ...] | None = None
+    cuda_devices: int = 0  # CUDA devices this process sees (0 where none was looked for)
 
     @property
     def ranks_from_rendezvous(self) -> bool:
@@ -196,21 +198,21 @@ def _procs_per_node(value: Any, nodes: int, cuda_devices: int) -> tuple[int, ...
     raise ConfigError("gpus", value, "allowed: auto, an integer >= 1, or a per-node list like [4,2]")
 
 
-def _backend(requested: Any, local_procs: int, cuda_devices: int) -> str:
+def _backend(requested: Any, local_procs: int, cuda_devices: int, cuda_visible_devices: str | None = None,
+             task_local_rank: int | None = None) -> str:
+    """``task_local_rank``: this process is a Slurm task that is one rank (its own view of the
+    devices, e.g. ``--gpus-per-task=1``); else the node's ``local_procs`` ranks share this view."""
     if requested not in BACKENDS:
         raise ConfigError("backend", requested, f"allowed: {', '.join(BACKENDS)}")
     if requested == "auto":
-        return "nccl" if cuda_devices else "gloo"
+        requested = "nccl" if cuda_devices else "gloo"
     if requested == "nccl":
         if cuda_devices == 0:
             raise ConfigError("backend", requested, "needs CUDA, and no CUDA device is visible; allowed here: gloo, auto")
-        if cuda_devices < local_procs:
-            raise ConfigError(
-                "backend",
-                requested,
-                f"needs one CUDA device per process: {local_procs} processes on this node, "
-                f"{cuda_devices} visible devices; lower gpus or use gloo",
-            )
+        if task_local_rank is None:  # the highest local rank needs the most devices
+            cuda_device_index(cuda_devices, cuda_visible_devices, local_procs, local_procs - 1)
+        else:
+            cuda_device_index(cuda_devices, cuda_visible_devices, 1, task_local_rank)
     return requested
 
 
@@ -679,7 +681,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         procs = allocation.tasks_per_node
     else:
         procs = _procs_per_node(gpus, nodes, cuda_devices)
-    backend = _backend(cfg.get("backend"), procs[node_rank], cuda_devices)
+    backend = _backend(cfg.get("backend"), procs[node_rank], cuda_devices,
+                       os.environ.get("CUDA_VISIBLE_DEVICES"),
+                       allocation.local_rank if slurm_ranks else None)
     slurm_rank = (_slurm_rank(allocation, procs, gpus, backend == "nccl", mode)
                   if slurm_ranks else None)
     _check_training_options(cfg, "cuda" if backend == "nccl" else "cpu")
@@ -741,6 +745,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         slurm_rank=slurm_rank,
         console_ranks=_console_ranks("console_ranks", cfg.get("console_ranks", "all")),
         console_local_ranks=_console_ranks("console_local_ranks", cfg.get("console_local_ranks", "all")),
+        cuda_devices=cuda_devices,
     )
 
 

@@ -103,21 +103,36 @@ class TorchElasticEnvironment(ClusterEnvironment):
 
 
 def expand_hostlist(hostlist: str) -> list[str]:
-    """Expand Slurm's compressed host list, e.g. ``n[1-3,7],gpu-a[01-02]``, in order."""
-    hosts: list[str] = []
-    for match in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?([^,]*)", hostlist):
-        prefix, ranges, suffix = match.groups()
-        if not prefix and not ranges:
-            continue
-        if ranges is None:
-            hosts.append(prefix + suffix)
-            continue
-        for part in ranges.split(","):
-            low, _, high = part.partition("-")
-            width = len(low)
-            for number in range(int(low), int(high or low) + 1):
-                hosts.append(f"{prefix}{number:0{width}d}{suffix}")
+    """Expand Slurm's compressed host list in order: ``n[1-3,7]``, ``gpu-[001-002].cluster``, and
+    several bracket groups in one name, ``rack[1-2]-node[01-02]`` (every combination, as Slurm).
+
+    submitit's parser (a dependency, imported only here), else ``scontrol show hostnames``.
+    """
+    try:
+        from submitit.slurm.slurm import _parse_node_list
+    except ImportError:  # pragma: no cover - submitit moved its private parser
+        return _scontrol_hostnames(hostlist)
+    try:
+        hosts = list(_parse_node_list(hostlist))
+    except Exception as err:
+        raise ConfigError("SLURM_JOB_NODELIST", hostlist, f"cannot be expanded ({err})") from err
+    if not hosts or any("[" in host or "]" in host for host in hosts):
+        raise ConfigError("SLURM_JOB_NODELIST", hostlist, "cannot be expanded into host names")
     return hosts
+
+
+def _scontrol_hostnames(hostlist: str) -> list[str]:
+    import subprocess
+
+    try:
+        done = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True,
+                              text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ConfigError("SLURM_JOB_NODELIST", hostlist, f"cannot be expanded: no host list "
+                          f"parser (submitit) and no scontrol ({err})") from err
+    if done.returncode or not done.stdout.split():
+        raise ConfigError("SLURM_JOB_NODELIST", hostlist, f"scontrol cannot expand it: {done.stderr.strip()}")
+    return done.stdout.split()
 
 
 def expand_tasks_per_node(spec: str) -> list[int]:

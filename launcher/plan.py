@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 
 from launcher.config import JobConfig
+from launcher.devices import cuda_device_index, physical_device
 from launcher.modes import get_mode
 from launcher.ranks import node_ranks
 
 
 def _device(job: JobConfig, local_rank: int) -> str:
+    """The device the rank will use, by the trainer's rule (``launcher.devices``)."""
     if job.device_type == "cpu":
         return "cpu"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        physical = visible.split(",")[local_rank]
-        return f"cuda:{local_rank} (CUDA_VISIBLE_DEVICES entry {physical})"
-    return f"cuda:{local_rank}"
+    sharing = 1 if job.slurm_rank is not None else job.local_world_size
+    index = cuda_device_index(job.cuda_devices, visible, sharing, local_rank)
+    physical = physical_device(visible, index)
+    return f"cuda:{index}" + (f" (CUDA_VISIBLE_DEVICES entry {physical})" if physical is not None else "")
 
 
 def node_place(job: JobConfig) -> str:
@@ -39,6 +41,9 @@ def describe(job: JobConfig) -> str:
         f"  this node: {node_place(job)}",
         f"  network: local_addr={job.local_addr} socket_ifname={interface}",
     ]
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        seen = f" ({job.cuda_devices} CUDA device(s) visible here)" if job.device_type == "cuda" else ""
+        lines.append(f"  devices: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}{seen}")
     ranks = [job.slurm_rank] if job.slurm_rank else node_ranks(job.procs_per_node, job.node_rank)
     for info in ranks:
         if job.ranks_from_rendezvous:  # MASTER_ADDR/PORT too: the agent picks them at rendezvous

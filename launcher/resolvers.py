@@ -27,11 +27,21 @@ def run_stamp() -> str:
     return f"{time.strftime('%Y-%m-%d/%H-%M-%S', time.localtime(now))}.{int(now * 1000) % 1000:03d}-{os.getpid()}"
 
 
+def gpus_per_node(spec: object, gpus: object, backend: object) -> object:
+    """GPUs per node to ask Slurm for (``launcher=slurm`` and the sweep preset). ``auto``: an
+    integer ``gpus`` (one rank per GPU) unless backend=gloo; ``gpus=auto`` or a list: ``gpus``
+    only with backend=nccl; else 0. Any other ``spec`` is the user's, returned as given."""
+    if spec != "auto":
+        return spec
+    if isinstance(gpus, int) and not isinstance(gpus, bool):
+        return 0 if backend == "gloo" else gpus
+    return gpus if backend == "nccl" else 0
+
+
 def slurm_gpus(spec: object, gpus: object, backend: object) -> object:
-    """GPUs per node to ask Slurm for (sweep preset): ``auto`` = ``gpus`` with NCCL, else none."""
-    if spec == "auto":
-        return gpus if backend == "nccl" else None
-    return spec
+    """``gpus_per_node`` for Hydra's submitit launcher: None (no ``--gpus-per-node``) for 0."""
+    count = gpus_per_node(spec, gpus, backend)
+    return None if count == 0 else count
 
 
 def register_resolvers() -> None:

@@ -16,6 +16,7 @@ import functools
 import json
 import re
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from launcher.cli import hydra_quote
 from launcher.errors import ConfigError
 from launcher.failures import recorded_failures
+from launcher.resolvers import gpus_per_node
 from launcher.supervise import run_forwarding_signals
 
 LOG_FOLDER = "slurm"
@@ -77,6 +79,7 @@ class SlurmSubmission:
     signal_delay_s: int
     wait: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    setup: tuple[str, ...] = ()  # shell lines run in the batch script before srun (module load, ...)
 
     def executor_parameters(self, nodes: int, tasks_per_node: int, gpus_per_node: int) -> dict[str, Any]:
         """submitit's parameters, named as Hydra's submitit launcher names them (``slurm_executor``):
@@ -92,6 +95,8 @@ class SlurmSubmission:
             "srun_args": ["--kill-on-bad-exit=1", "--distribution=block"],
             "additional_parameters": {"requeue": True, **self.extra},
         }
+        if self.setup:
+            params["setup"] = list(self.setup)
         if gpus_per_node:
             params["gpus_per_node"] = gpus_per_node
         optional = {"partition": self.partition, "account": self.account, "qos": self.qos,
@@ -140,6 +145,12 @@ def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
         if isinstance(value, (Mapping, list)) or value is None:
             raise ConfigError(f"slurm.extra.{name}", value, "one value: a string, a number, or true "
                               "(a flag such as exclusive)")
+    setup = slurm.get("setup") or []
+    if not isinstance(setup, (ListConfig, list)) or not all(isinstance(line, str) for line in setup):
+        raise ConfigError("slurm.setup", setup, "a list of shell lines run before the ranks start, "
+                          "e.g. ['module load cuda/12.1', 'conda activate train']")
+    for line in setup:
+        check_sbatch_option("slurm.setup", line)
     return SlurmSubmission(
         job_name=_optional_str(slurm, "job_name") or "ddp-train",
         time_min=time_min,
@@ -152,6 +163,7 @@ def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
         signal_delay_s=int(seconds),
         wait=wait,
         extra=dict(extra_options),
+        setup=tuple(setup),
     )
 
 
@@ -297,6 +309,14 @@ class SubmitPlan:
         return wait_for(job, self.run_dir)
 
 
+def auto_gpus_per_node(spec: Any, gpus: Any, backend: Any) -> Any:
+    """GPUs per node to ask Slurm for (``resolvers.gpus_per_node``, the sweep preset's rule too);
+    a per-node list of one count is that count."""
+    if isinstance(gpus, (ListConfig, list)) and len(set(gpus)) == 1:
+        gpus = gpus[0]
+    return gpus_per_node(spec, gpus, backend)
+
+
 def plan_submission(cfg: DictConfig, run_dir: Path) -> SubmitPlan:
     """Validate ``launcher=slurm`` on the submitting machine: nothing here looks at its devices."""
     nodes = cfg.get("nodes")
@@ -315,12 +335,10 @@ def plan_submission(cfg: DictConfig, run_dir: Path) -> SubmitPlan:
     dry_run = cfg.get("dry_run")
     if not isinstance(dry_run, bool):
         raise ConfigError("dry_run", dry_run, "allowed: true, false")
-    gpus_per_node = cfg.slurm.get("gpus_per_node")
-    if gpus_per_node == "auto":
-        gpus_per_node = gpus if backend == "nccl" else 0
+    gpus_per_node = auto_gpus_per_node(cfg.slurm.get("gpus_per_node"), cfg.get("gpus"), backend)
     if not isinstance(gpus_per_node, int) or isinstance(gpus_per_node, bool) or gpus_per_node < 0:
         raise ConfigError("slurm.gpus_per_node", gpus_per_node,
-                          "allowed: auto (gpus when backend=nccl, else 0) or an integer >= 0")
+                          "allowed: auto (gpus unless backend=gloo) or an integer >= 0")
     check_run_dir("hydra.run.dir", run_dir)
     return SubmitPlan(submission_from_config(cfg), nodes, gpus, gpus_per_node, run_dir, dry_run)
 
@@ -409,20 +427,71 @@ SLURM_TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FA
                          "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
-def wait_for(job: Any, run_dir: Path, poll_s: float = 1.0) -> int:
+# Asking Slurm: every 2 s in the job's first minute, then every 20 s (slurmctld and slurmdbd serve
+# every user of the cluster); rank 0's log is still streamed every second.
+FAST_POLL_S, SLOW_POLL_S, FAST_PHASE_S = 2.0, 20.0, 60.0
+STATE_FAILURES_TO_GIVE_UP = 10  # polls in a row where neither sacct, squeue nor scontrol answered
+STATE_QUERY_TIMEOUT_S = 30
+
+
+def poll_interval(elapsed_s: float) -> float:
+    return FAST_POLL_S if elapsed_s < FAST_PHASE_S else SLOW_POLL_S
+
+
+def _query(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=STATE_QUERY_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state (``RUNNING``, ``COMPLETED``, ...) from ``sacct``, else ``squeue`` (while
+    the job is queued or running), else ``scontrol show job`` (also some minutes after it ended);
+    None when none of them answers."""
+    answer = _query(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"])
+    lines = [line.split()[0] for line in (answer or "").splitlines() if line.strip()]
+    if lines:
+        return lines[-1]
+    answer = _query(["squeue", "-h", "-j", job_id, "-o", "%T"])
+    if answer and answer.split():
+        return answer.split()[0]
+    match = re.search(r"\bJobState=(\S+)", _query(["scontrol", "show", "job", job_id]) or "")
+    return match.group(1) if match else None
+
+
+def wait_for(job: Any, run_dir: Path, *, state_of: Any = slurm_state, sleep: Any = time.sleep,
+             clock: Any = time.monotonic, tail_s: float = 1.0) -> int:
     """Stream rank 0's progress until Slurm says the job ended (requeues included); exit code 0
     only for COMPLETED. (submitit's ``done()`` turns true as soon as rank 0 returned, before Slurm
-    has the job's final state.)"""
+    has the job's final state.) Gives up, exit code 1, when Slurm cannot be asked repeatedly."""
     offset = 0
     train_log = run_dir / "train.log"
+    job_id = str(job.job_id)
+    start = next_poll = clock()
+    failures = 0
     while True:
         lines, offset = _progress_lines(train_log, offset)
         for line in lines:
             print(line, flush=True)
-        state = str(job.watcher.get_state(job.job_id, mode="force")).split()[0]
-        if state in SLURM_TERMINAL_STATES:
-            break
-        time.sleep(poll_s)
+        now = clock()
+        if now >= next_poll:
+            state = state_of(job_id)
+            if state is None:
+                failures += 1
+                if failures >= STATE_FAILURES_TO_GIVE_UP:
+                    print(f"stopped waiting for job {job_id}: sacct, squeue and scontrol gave no state "
+                          f"{failures} times in a row; the job may still run (squeue -j {job_id}), its "
+                          f"logs are in {run_dir / LOG_FOLDER}", file=sys.stderr)
+                    return 1
+            else:
+                failures = 0
+                if state in SLURM_TERMINAL_STATES:
+                    break
+            next_poll = now + poll_interval(now - start)
+        sleep(tail_s)
     lines, _ = _progress_lines(train_log, offset)
     for line in lines:
         print(line, flush=True)
