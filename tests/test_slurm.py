@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow  # real jobs: several processes each
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
 JOB_TIMEOUT_S = 180
+CPU_ONLY = "backend=gloo"  # the test cluster has no GPUs: ask Slurm for none
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +61,8 @@ class SlurmRunner:
         return job_id
 
     def launcher(self, *overrides: str, timeout_s: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", *overrides],
+        # The test cluster has no GPUs: an integer gpus=N would ask Slurm for N GPUs per node.
+        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", CPU_ONLY, *overrides],
                               cwd=self.workdir, capture_output=True, text=True, env=self.env(),
                               timeout=timeout_s)
         self.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()
@@ -252,7 +254,7 @@ def test_slurm_sweep_runs_each_point_as_one_slurm_job_and_reports(slurm):
     whose tasks are the ranks (2 nodes x 1 task), the points run in parallel."""
     sweep = slurm.workdir / "sweep"
     done = subprocess.run([sys.executable, "-m", "launcher", "-m", "hydra/launcher=slurm",
-                           "optim.lr=0.1,0.03", "nodes=2", "gpus=1", "slurm.time=10",
+                           "optim.lr=0.1,0.03", "nodes=2", "gpus=1", CPU_ONLY, "slurm.time=10",
                            f"hydra.sweep.dir={sweep}", *TINY],
                           cwd=slurm.workdir, capture_output=True, text=True, env=slurm.env(),
                           timeout=JOB_TIMEOUT_S)
@@ -339,3 +341,72 @@ def test_launcher_slurm_run_dir_with_quotes_and_brackets_reaches_every_task(slur
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (summary,) = summaries(slurm.workdir / "outputs")
     assert summary["world_size"] == 2 and summary["nodes"] == 2
+
+
+# --- launcher.status / launcher.logs / launcher.cancel on launcher=slurm jobs --------------------------
+
+# slurm.launcher() passes backend=gloo: CPU ranks, no GPU asked of Slurm.
+def run_tool(slurm, name: str, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"launcher.{name}", *map(str, args)], cwd=slurm.workdir,
+                          capture_output=True, text=True, env=slurm.env(), timeout=timeout_s)
+
+
+def submitted_run_dir(done: subprocess.CompletedProcess) -> Path:
+    return Path(next(line.split(":", 1)[1].strip() for line in done.stdout.splitlines()
+                     if line.strip().startswith("run dir:")))
+
+
+def tool_status(slurm, run_dir: Path) -> dict:
+    done = run_tool(slurm, "status", run_dir, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_status_and_logs_of_finished_and_failed_slurm_jobs(slurm):
+    done = slurm.launcher("nodes=1", "gpus=2", "slurm.wait=true", "slurm.time=10", "trainer.epochs=2",
+                          "data.dataset.num_samples=512")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run_dir = submitted_run_dir(done)
+    found = tool_status(slurm, run_dir)
+    assert found["state"] == "finished" and found["slurm"]["job_id"] == slurm.jobs[0], found
+    assert found["progress"]["epoch"] == 2 and found["progress"]["epochs"] == 2
+    assert found["attempts"] == 1
+    rank1 = run_tool(slurm, "logs", run_dir, "--rank", "1")
+    assert rank1.returncode == 0 and rank1.stdout.startswith("==== attempt 0: rank 1 "), rank1.stdout[:500]
+    follow = run_tool(slurm, "logs", run_dir, "-f", timeout_s=60)
+    assert follow.returncode == 0 and "epoch 2/2" in follow.stdout
+    # Without logs/ (e.g. a rank that never got to capture its output), submitit's task log.
+    (run_dir / "logs").rename(run_dir / "logs.moved")
+    fallback = run_tool(slurm, "logs", run_dir, "--rank", "0")
+    assert fallback.returncode == 0 and "epoch 2/2" in fallback.stdout, fallback.stdout[-2000:]
+    unknown = run_tool(slurm, "logs", run_dir, "--rank", "5")
+    assert unknown.returncode == 2 and "ranks there: 0, 1" in unknown.stderr, unknown.stderr
+
+    failed = slurm.launcher("nodes=1", "gpus=2", "slurm.wait=true", "slurm.time=10", f"script={DDP_SCRIPT}",
+                            f"script_args=[{slurm.workdir / 'out'},--fail-rank,1]")
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    run_dir = submitted_run_dir(failed)
+    found = tool_status(slurm, run_dir)
+    assert found["state"] == "failed" and found["slurm"]["state"] == "FAILED", found
+    assert found["failure"]["rank"] == 1
+    assert found["failure"]["error"] == "RuntimeError: deliberate failure on rank 1", found["failure"]
+    assert "deliberate failure on rank 1" in run_tool(slurm, "logs", run_dir, "--rank", "1").stdout
+    text = run_tool(slurm, "status", run_dir).stdout
+    assert "state:     failed" in text and "failure:   rank 1 on" in text, text
+
+
+def test_cancel_a_running_slurm_job(slurm):
+    done = slurm.launcher("nodes=1", "gpus=2", "slurm.time=10", f"script={DDP_SCRIPT}",
+                          f"script_args=[{slurm.workdir / 'out'},--hang]", timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    (job,) = slurm.jobs
+    run_dir = submitted_run_dir(done)
+    wait_for(lambda: (slurm.workdir / "out" / "hanging_1").exists(), 120, "both ranks to hang")
+    found = tool_status(slurm, run_dir)
+    assert found["state"] == "running" and found["slurm"]["state"] == "RUNNING", found
+    cancelled = run_tool(slurm, "cancel", run_dir)
+    assert cancelled.returncode == 0 and f"scancel {job}: sent" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    assert slurm.wait(job) == "CANCELLED"
+    assert tool_status(slurm, run_dir)["state"] == "cancelled"
+    again = run_tool(slurm, "cancel", run_dir)
+    assert again.returncode == 0 and "already ended (CANCELLED)" in again.stdout
