@@ -48,10 +48,23 @@ def _overrides(path: Path) -> dict[str, str]:
 
 
 def _curve(path: Path) -> list[dict[str, Any]]:
+    """The point's epoch records; a line that does not parse (the torn last line of a rank killed
+    while appending, or of a run still writing) is skipped with a warning."""
     metrics = path / "metrics.jsonl"
     if not metrics.exists():
         return []
-    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(metrics.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            print(f"warning: {metrics}: line {number} is not a complete JSON record: skipped", file=sys.stderr)
+            continue
+        if isinstance(record, dict) and "epoch" in record and "val_loss" in record:
+            records.append(record)
+    return records
 
 
 def read_point(path: Path) -> Point:

@@ -126,3 +126,70 @@ class CountingMNIST(MNISTData):
     def datasets(self):
         self._record("datasets")
         return super().datasets()
+
+
+# --- Resume edge cases (tests/test_resume_edges.py) ------------------------------------------------
+
+PICKLING_COLLECTIVES = ("all_gather_object", "broadcast_object_list", "gather_object", "scatter_object_list",
+                        "send_object_list", "recv_object_list")
+
+
+def _refuse_pickling_collectives() -> None:
+    """Make every collective that pickles raise in this process (the trainer must not use them)."""
+    import torch.distributed as dist
+
+    def refuse(name: str):
+        def refused(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"torch.distributed.{name} used: it unpickles what other ranks send")
+        return refused
+
+    for name in PICKLING_COLLECTIVES:
+        setattr(dist, name, refuse(name))
+
+
+class PickleFreeSynthetic(SyntheticClassification):
+    """The synthetic data set, in a rank where collectives that pickle raise. ``hide_checkpoint``:
+    ranks other than 0 do not see the checkpoint file (as on nodes without a shared run dir)."""
+
+    def __init__(self, *args: object, hide_checkpoint: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _refuse_pickling_collectives()
+        if hide_checkpoint and int(os.environ.get("RANK", "0")) != 0:
+            import trainer.checkpoint
+
+            trainer.checkpoint._read_verified = lambda *args: None  # type: ignore[assignment]
+
+
+class _NoisyDataset(Dataset):
+    def __init__(self, inner: Dataset, scale: float) -> None:
+        self.inner, self.scale = inner, scale
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        features, label = self.inner[index]
+        # Random augmentation from torch's global generator, in whichever process reads the sample.
+        return features + self.scale * torch.randn(features.shape), label
+
+
+class NoisySynthetic(SyntheticClassification):
+    """The synthetic data set with random Gaussian noise added to every training sample on read."""
+
+    def __init__(self, *args: object, augment_noise: float = 0.5, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.augment_noise = augment_noise
+
+    def datasets(self):
+        train, val = super().datasets()
+        return _NoisyDataset(train, self.augment_noise), val
+
+
+class MetricsBlockingMLP(FaultyMLP):
+    """At training forward ``fault_step`` on rank ``rank``, a directory takes the place of
+    ``marker`` (the run's metrics.jsonl): the next write of metrics.jsonl fails, as if the process
+    died there."""
+
+    def _fault(self) -> None:
+        if self.marker is not None and not self.marker.exists():
+            self.marker.mkdir(parents=True)

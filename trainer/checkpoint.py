@@ -1,9 +1,16 @@
-"""Checkpoints that resume exactly: atomic on disk, loaded safely, RNG of every rank included."""
+"""Checkpoints that resume exactly: atomic on disk, loaded safely, RNG of every rank included.
+
+Nothing a rank receives is unpickled: RNG states are byte tensors of a fixed layout, and a
+checkpoint reaches a rank from the file itself (``torch.load(weights_only=True)``) or as tensors
+broadcast from rank 0, its structure as JSON.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import io
+import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -12,64 +19,255 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainer.files import write_atomic
+from trainer.logs import get_logger
 
-def rng_state() -> dict[str, Any]:
-    """This process's random generators, in types ``torch.load(weights_only=True)`` accepts."""
+log = get_logger("checkpoint")
+
+# --- RNG states as byte tensors --------------------------------------------------------------------
+# A fixed little-endian layout per generator, never a pickle: a rank's state travels to rank 0 as a
+# uint8 tensor (all_gather) and is stored as uint8 tensors, which torch.load(weights_only=True) reads.
+_NUMPY_WORDS = 624  # MT19937 key words of numpy's legacy global generator
+_PYTHON_WORDS = 625  # random.getstate()'s internal tuple: 624 words and the position
+RNG_SECTIONS = ("torch", "numpy", "python", "cuda")
+
+
+def _numpy_state_bytes() -> torch.Tensor:
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if name != "MT19937" or len(keys) != _NUMPY_WORDS:
+        raise ValueError(f"numpy's global generator is {name} with {len(keys)} words: MT19937 expected")
+    raw = (np.asarray(keys, dtype="<u4").tobytes() + np.array([pos, has_gauss], dtype="<i8").tobytes()
+           + np.array([cached], dtype="<f8").tobytes())
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def _set_numpy_state(state: torch.Tensor) -> None:
+    raw = state.numpy().tobytes()
+    keys_end = 4 * _NUMPY_WORDS
+    keys = np.frombuffer(raw[:keys_end], dtype="<u4").astype(np.uint32)
+    pos, has_gauss = (int(value) for value in np.frombuffer(raw[keys_end:keys_end + 16], dtype="<i8"))
+    cached = float(np.frombuffer(raw[keys_end + 16:keys_end + 24], dtype="<f8")[0])
+    np.random.set_state(("MT19937", keys, pos, has_gauss, cached))
+
+
+def _python_state_bytes() -> torch.Tensor:
+    version, internal, gauss_next = random.getstate()
+    if len(internal) != _PYTHON_WORDS:
+        raise ValueError(f"random.getstate() has {len(internal)} words: {_PYTHON_WORDS} expected")
+    raw = (np.array([version, gauss_next is not None, *internal], dtype="<i8").tobytes()
+           + np.array([gauss_next or 0.0], dtype="<f8").tobytes())
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def _set_python_state(state: torch.Tensor) -> None:
+    raw = state.numpy().tobytes()
+    words = [int(value) for value in np.frombuffer(raw[:8 * (_PYTHON_WORDS + 2)], dtype="<i8")]
+    gauss_next = float(np.frombuffer(raw[8 * (_PYTHON_WORDS + 2):], dtype="<f8")[0]) if words[1] else None
+    random.setstate((words[0], tuple(words[2:]), gauss_next))
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's generators as uint8 tensors; CUDA: only ``device``'s own generator."""
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state_bytes(), "python": _python_state_bytes()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore what ``rng_state`` saved (also the tuple layout of older checkpoints); CUDA: only
+    ``device``'s generator, so no other visible device gets a context."""
+    if isinstance(state["python"], tuple):  # older checkpoints: the getstate() tuples themselves
+        random.setstate(state["python"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        cuda = state.get("cuda")
+        cuda = cuda[device.index] if isinstance(cuda, list) and device.index is not None and device.index < len(cuda) else None
+    else:
+        _set_python_state(state["python"])
+        _set_numpy_state(state["numpy"])
+        cuda = state.get("cuda")
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
-def gather_rng_states() -> list[dict[str, Any]]:
-    """Every rank's generators, indexed by rank (collective: all ranks call it)."""
-    states: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(states, rng_state())
-    return states
+def _pack(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One uint8 tensor: the sections' byte lengths (int64), then the sections."""
+    sections = [state.get(name, torch.empty(0, dtype=torch.uint8)).reshape(-1) for name in RNG_SECTIONS]
+    lengths = torch.tensor([len(section) for section in sections], dtype=torch.int64)
+    return torch.cat([lengths.view(torch.uint8), *sections])
+
+
+def _unpack(packed: torch.Tensor) -> dict[str, torch.Tensor]:
+    header = 8 * len(RNG_SECTIONS)
+    lengths = packed[:header].clone().view(torch.int64).tolist()
+    state, offset = {}, header
+    for name, length in zip(RNG_SECTIONS, lengths, strict=True):
+        if length:
+            state[name] = packed[offset:offset + length].clone()
+        offset += length
+    return state
+
+
+def gather_rng_states(device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Every rank's generators, indexed by rank (collective: all ranks call it).
+
+    Tensor collectives only: the packed sizes first, then the states padded to the longest.
+    """
+    packed = _pack(rng_state(device))
+    size = torch.tensor([packed.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = max(int(value.item()) for value in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[:packed.numel()] = packed.to(device)
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return [_unpack(tensor[:int(length.item())].cpu()) for tensor, length in zip(gathered, sizes, strict=True)]
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Write to a temporary file, fsync, rename: a crash leaves the old checkpoint or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as file:
-        torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, lambda file: torch.save(state, file))
 
 
 def load(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_on_rank0(path: Path | None) -> dict[str, Any] | None:
-    """Rank 0 reads the checkpoint and sends it to the others: no shared filesystem needed.
+# --- A checkpoint on every rank, without pickles over the wire ------------------------------------
+# Every dtype a state dict may hold, by a fixed code (the wire carries the code, not a pickle).
+_DTYPES = [getattr(torch, name) for name in (
+    "float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+    "complex64", "complex128", "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2",
+) if hasattr(torch, name)]
+_DTYPE_CODES = {dtype: code for code, dtype in enumerate(_DTYPES)}
 
-    Collective: every rank calls it; ``path`` matters on rank 0 only (None: nothing to resume).
+
+def _encode(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """The structure of a state dict as JSON (tensors replaced by their index in ``tensors``)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided or value.dtype not in _DTYPE_CODES:
+            raise TypeError(f"checkpoint tensor of layout {value.layout} and dtype {value.dtype}: "
+                            f"cannot be sent to the other ranks")
+        tensors.append(value)
+        return {"t": len(tensors) - 1}
+    if isinstance(value, dict):
+        return {"d": [[_encode(key, tensors), _encode(item, tensors)] for key, item in value.items()]}
+    if isinstance(value, tuple):
+        return {"u": [_encode(item, tensors) for item in value]}
+    if isinstance(value, list):
+        return {"l": [_encode(item, tensors) for item in value]}
+    raise TypeError(f"checkpoint value of type {type(value).__name__}: cannot be sent to the other ranks")
+
+
+def _decode(value: Any, tensors: list[torch.Tensor]) -> Any:
+    if not isinstance(value, dict):
+        return value
+    ((kind, items),) = value.items()
+    if kind == "t":
+        return tensors[items]
+    if kind == "d":
+        return {_decode(key, tensors): _decode(item, tensors) for key, item in items}
+    if kind == "u":
+        return tuple(_decode(item, tensors) for item in items)
+    return [_decode(item, tensors) for item in items]
+
+
+def _broadcast_bytes(payload: bytes, device: torch.device) -> bytes:
+    """Rank 0's ``payload`` on every rank (a length, then a uint8 tensor)."""
+    length = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    dist.broadcast(length, src=0)
+    size = int(length.item())
+    if size == 0:
+        return b""
+    if dist.get_rank() == 0:
+        buffer = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
+    else:
+        buffer = torch.empty(size, dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=0)
+    return buffer.cpu().numpy().tobytes()
+
+
+def broadcast_state(state: dict[str, Any] | None, device: torch.device) -> dict[str, Any]:
+    """Rank 0's ``state`` on every rank (collective): its structure as JSON bytes, every tensor's
+    dtype code and shape as an int64 tensor, then each tensor's bytes. Nothing is unpickled."""
+    tensors: list[torch.Tensor] = []
+    structure, specs = b"", torch.empty(0, dtype=torch.int64)
+    if dist.get_rank() == 0:
+        structure = json.dumps(_encode(state, tensors)).encode()
+        specs = torch.tensor([number for tensor in tensors
+                              for number in (_DTYPE_CODES[tensor.dtype], tensor.dim(), *tensor.shape)],
+                             dtype=torch.int64)
+    structure = _broadcast_bytes(structure, device)
+    count = torch.tensor([specs.numel()], dtype=torch.int64, device=device)
+    dist.broadcast(count, src=0)
+    specs = specs.to(device) if dist.get_rank() == 0 else torch.empty(int(count.item()), dtype=torch.int64, device=device)
+    dist.broadcast(specs, src=0)
+    numbers, position, received = specs.tolist(), 0, []
+    while position < len(numbers):
+        dtype, ndim = _DTYPES[numbers[position]], numbers[position + 1]
+        shape = numbers[position + 2:position + 2 + ndim]
+        position += 2 + ndim
+        nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        if dist.get_rank() == 0:
+            buffer = tensors[len(received)].detach().contiguous().reshape(-1).view(torch.uint8).to(device)
+        else:
+            buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        if nbytes:
+            dist.broadcast(buffer, src=0)
+        received.append(buffer.cpu().view(dtype).reshape(shape))
+    if dist.get_rank() == 0:
+        assert state is not None
+        return state
+    return _decode(json.loads(structure), received)
+
+
+def _read_verified(path: Path, size: int, sha256: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` when this rank sees the very file rank 0 read (same bytes)."""
+    try:
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def load_everywhere(path: Path | None, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint rank 0 names, on every rank (collective; ``path`` matters on rank 0 only,
+    None: nothing to resume).
+
+    Each rank reads the file itself (``torch.load(weights_only=True)``) when it sees the same file
+    as rank 0 (a shared run directory: same size and sha256); if any rank does not, rank 0 sends
+    the state as tensors (``broadcast_state``). Nothing is unpickled from the network.
     """
-    box = [load(path) if dist.get_rank() == 0 and path is not None else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    state, about = None, b""
+    if dist.get_rank() == 0 and path is not None:
+        data = path.read_bytes()
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        about = json.dumps({"path": str(path.resolve()), "size": len(data),
+                            "sha256": hashlib.sha256(data).hexdigest()}).encode()
+        del data
+    about = _broadcast_bytes(about, device)
+    if not about:
+        return None
+    if dist.get_rank() != 0:
+        where = json.loads(about)
+        state = _read_verified(Path(where["path"]), where["size"], where["sha256"])
+    everyone = torch.tensor([state is not None], dtype=torch.int64, device=device)
+    dist.all_reduce(everyone, op=dist.ReduceOp.MIN)
+    if not everyone.item():
+        if dist.get_rank() == 0:
+            log.info("not every rank sees %s: rank 0 sends the checkpoint as tensors", path)
+        sent = broadcast_state(state if dist.get_rank() == 0 else None, device)
+        state = state if state is not None else sent
+    return state
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from trainer.files import read_jsonl
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> None:
@@ -12,7 +13,9 @@ def plot_curves(metrics_path: Path, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    # A torn last line (a process killed while appending) is skipped with a warning.
+    keys = ("epoch", "train_loss", "val_loss", "val_acc")
+    records = [record for record in read_jsonl(metrics_path) if all(key in record for key in keys)]
     if not records:
         return
     epochs = [record["epoch"] + 1 for record in records]

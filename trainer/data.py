@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
-import os
+import random
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler, TensorDataset
 
 from trainer.env import DistEnv
+from trainer.files import write_atomic
 from trainer.logs import get_logger
 
 log = get_logger("data")
@@ -48,11 +50,10 @@ class SyntheticClassification:
         noise = rng.normal(scale=p["noise"], size=(p["num_samples"], p["num_features"]))
         features = (centers[cluster] + noise).astype(np.float32)
         n_val = int(round(p["num_samples"] * p["val_fraction"]))
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, x_train=features[n_val:], y_train=labels[n_val:],
-                 x_val=features[:n_val], y_val=labels[:n_val])
-        os.replace(tmp, self.cache_path)
+        # Atomic, under a name unique per host and process: with data.cache_scope=node, the nodes
+        # sharing a file system may generate it at the same time.
+        write_atomic(self.cache_path, lambda file: np.savez(
+            file, x_train=features[n_val:], y_train=labels[n_val:], x_val=features[:n_val], y_val=labels[:n_val]))
         log.info("generated synthetic data set (%d samples) into %s", p["num_samples"], self.cache_path)
 
     def datasets(self) -> tuple[Dataset, Dataset]:
@@ -121,3 +122,50 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class SeededBatchSampler(Sampler[list]):
+    """Batches of ``sampler``'s indices, each headed by its key ``(epoch, batch number)``, for
+    ``SeededBatches`` in the DataLoader workers.
+
+    Random augmentation in a worker then draws from generators seeded per (seed, epoch, rank,
+    batch), not from streams that depend on which worker took which batch since the workers
+    started: a run resumed mid-epoch (whose workers start afresh, at another batch) augments every
+    batch exactly as an uninterrupted run does.
+    """
+
+    def __init__(self, sampler: ResumableDistributedSampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self) -> Iterator[list]:
+        epoch, number = self.sampler.epoch, self.sampler.start_index // self.batch_size
+        indices = iter(self.sampler)
+        while batch := list(itertools.islice(indices, self.batch_size)):
+            yield [(epoch, number), *batch]
+            number += 1
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+
+class SeededBatches(Dataset):
+    """``dataset`` read by batches from ``SeededBatchSampler``: before a batch, the worker seeds
+    Python's, NumPy's and torch's generators from (seed, epoch, rank, batch number)."""
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int) -> None:
+        self.dataset, self.seed, self.rank = dataset, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitems__(self, keys: list) -> list:
+        (epoch, number), indices = keys[0], keys[1:]
+        words = np.random.SeedSequence([self.seed % 2**64, epoch, self.rank, number]).generate_state(2, np.uint32)
+        random.seed(int(words[0]) << 32 | int(words[1]))
+        np.random.seed(int(words[0]))
+        torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+        inner = getattr(self.dataset, "__getitems__", None)
+        return inner(indices) if inner is not None else [self.dataset[index] for index in indices]
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]

@@ -23,11 +23,30 @@ def resolve_backend(requested: str) -> str:
     return requested
 
 
+def cuda_device_index(visible: int, sharing: int, local_rank: int) -> int:
+    """The launcher's rule (launcher/devices.py, written again: the trainer never imports the
+    launcher; tests hold both to one table). ``sharing`` ranks see the same ``visible`` devices:
+    one device seen by one rank (a Slurm task bound to a GPU) is ``cuda:0``; else ``LOCAL_RANK``."""
+    if visible == 1 and sharing == 1:
+        return 0
+    if visible < max(sharing, local_rank + 1, 1):
+        raise RuntimeError(f"LOCAL_RANK={local_rank} ({sharing} rank(s) share this view) needs its own "
+                           f"CUDA device; {visible} visible (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    return local_rank
+
+
 def select_device(backend: str, env: DistEnv) -> torch.device:
-    """``cuda:LOCAL_RANK`` for NCCL. Indices are relative to CUDA_VISIBLE_DEVICES, as CUDA counts."""
+    """The CUDA device for NCCL by ``cuda_device_index``. Indices are relative to
+    CUDA_VISIBLE_DEVICES, as CUDA counts. A Slurm task that is its rank has its own view."""
     if backend != "nccl":
         return torch.device("cpu")
-    device = torch.device("cuda", env.local_rank)
+    own_task = (("SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ)
+                and os.environ.get("SLURM_PROCID") == str(env.rank)
+                and os.environ.get("SLURM_NTASKS") == str(env.world_size))
+    index = cuda_device_index(torch.cuda.device_count(), 1 if own_task else env.local_world_size,
+                              env.local_rank)
+    device = torch.device("cuda", index)
     torch.cuda.set_device(device)
     return device
 
@@ -124,7 +143,8 @@ def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> None:
         return  # a model taking structured inputs keeps DDP's default behaviour
     buffers = [buffer.detach().clone() for buffer in ddp_model.buffers()]
     rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    # Only the example's own device: get/set_rng_state_all would create a context on every GPU.
+    cuda_rng = torch.cuda.get_rng_state(example.device) if example.device.type == "cuda" else None
     output = ddp_model(torch.zeros_like(example))
     (output.float().sum() * 0).backward()
     with torch.no_grad():
@@ -134,4 +154,4 @@ def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> None:
         parameter.grad = None
     torch.set_rng_state(rng)
     if cuda_rng is not None:
-        torch.cuda.set_rng_state_all(cuda_rng)
+        torch.cuda.set_rng_state(cuda_rng, example.device)

@@ -15,6 +15,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from trainer.files import read_jsonl, write_text_atomic
 from trainer.options import PROGRESS_BAR
 
 POSTFIX_EVERY = 20  # micro-batches between loss/lr updates of the bar (formatting costs time)
@@ -31,28 +32,47 @@ class Monitor:
     """Rank 0's view of the run: one instance per run, on rank 0 only."""
 
     def __init__(self, run_dir: Path, progress_bar: Any, tensorboard: bool, tensorboard_every_steps: int,
-                 resumed_step: int) -> None:
+                 resumed_step: int | None, keep_epochs_before: int) -> None:
+        """``resumed_step``: the checkpoint's last completed optimizer step (None: not resumed);
+        ``keep_epochs_before``: metrics.jsonl keeps the records of the epochs before this one (the
+        checkpoint's), dropped only when this run writes its first record."""
         if progress_bar not in PROGRESS_BAR:
             raise ValueError(f"trainer.progress_bar={progress_bar!r}: allowed: auto, true, false")
         self.metrics_path = run_dir / "metrics.jsonl"
         # auto: a bar only on a terminal; in a log file it would be thousands of carriage returns.
         self.show_bar = progress_bar is True or (progress_bar == "auto" and stderr_is_terminal())
+        self.keep_epochs_before = keep_epochs_before
+        self.metrics_rewritten = False
         # purge_step: after a resume, TensorBoard hides what the crashed attempt logged past the
-        # checkpoint, so the curves do not fold back on themselves.
-        self.writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step or None)
+        # checkpoint (the steps after its last completed one; that step's points, the epoch's
+        # among them, stay), so the curves do not fold back on themselves. A fresh start hides
+        # what an earlier attempt without a checkpoint logged.
+        purge_step = resumed_step + 1 if resumed_step is not None else 0
+        self.writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
                        if tensorboard else None)
         # Two scalars cost rank 0 about 50 us, a few percent of a small model's step, and every
         # rank waits for rank 0 at the next all-reduce: step scalars go out every N steps.
         self.tensorboard_every_steps = tensorboard_every_steps
         self.bar: tqdm | None = None
 
-    def trim_to_epoch(self, epoch: int) -> None:
-        """On resume, drop metrics of epochs the checkpoint does not cover (they will be redone)."""
-        if not self.metrics_path.exists():
+    def _write_record(self, record: dict[str, Any]) -> None:
+        """The first record of this run rewrites metrics.jsonl atomically: the records of the
+        epochs the checkpoint covers, then this one (records an interrupted attempt logged past the
+        checkpoint, and a torn last line, are dropped). Later records are appended. Either way the
+        record is on disk (fsync) before the epoch's checkpoint is written."""
+        line = json.dumps(record) + "\n"
+        if self.metrics_rewritten:
+            with self.metrics_path.open("a") as file:
+                file.write(line)
+                file.flush()
+                os.fsync(file.fileno())
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line and json.loads(line)["epoch"] < epoch]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        if self.metrics_path.exists():
+            kept = [json.dumps(old) + "\n" for old in read_jsonl(self.metrics_path)
+                    if isinstance(old.get("epoch"), int) and old["epoch"] < self.keep_epochs_before]
+        write_text_atomic(self.metrics_path, "".join(kept) + line)
+        self.metrics_rewritten = True
 
     def start_epoch(self, epoch: int, epochs: int, micro_batches: int, done: int) -> None:
         if self.show_bar:
@@ -75,8 +95,7 @@ class Monitor:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        with self.metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        self._write_record(record)
         if self.writer is not None:
             for key in ("train_loss", "val_loss", "val_acc", "samples_per_s"):
                 self.writer.add_scalar(f"epoch/{key}", record[key], record["global_step"])
@@ -94,9 +113,6 @@ class SilentMonitor(Monitor):
 
     def __init__(self) -> None:
         self.bar, self.writer, self.show_bar = None, None, False
-
-    def trim_to_epoch(self, epoch: int) -> None:
-        pass
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         pass

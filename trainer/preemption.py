@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -87,6 +88,9 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+REQUEUE_BACKOFF_S = (1.0, 2.0, 4.0)  # pauses between the tries of `scontrol requeue`
+
+
 def requeue_this_job(max_requeues: int) -> bool:
     """Rank 0: put this Slurm job back in the queue, unless it was requeued too often already."""
     job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and (
@@ -97,14 +101,18 @@ def requeue_this_job(max_requeues: int) -> bool:
         log.error("time limit near and slurm.max_requeues=%d reached: not requeued; resume by hand "
                   "with resume=auto", max_requeues)
         return False
-    try:
-        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True,
-                                timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.error("scontrol requeue %s failed: %s", job_id, err)
-        return False
-    if result.returncode:
-        log.error("scontrol requeue %s failed: %s", job_id, result.stderr.strip())
-        return False
-    log.warning("requeued job %s (requeue %d of at most %d)", job_id, done + 1, max_requeues)
-    return True
+    # slurmctld under load answers with a timeout now and then: try again with back-off.
+    for attempt, pause_s in enumerate((*REQUEUE_BACKOFF_S, None), start=1):
+        try:
+            result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True,
+                                    timeout=60, check=False)
+            why = result.stderr.strip() if result.returncode else ""
+        except (OSError, subprocess.TimeoutExpired) as err:
+            why = str(err)
+        if not why:
+            log.warning("requeued job %s (requeue %d of at most %d)", job_id, done + 1, max_requeues)
+            return True
+        log.error("scontrol requeue %s failed (try %d): %s", job_id, attempt, why)
+        if pause_s is not None:
+            time.sleep(pause_s)
+    return False

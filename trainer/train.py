@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -26,9 +25,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from trainer import checkpoint
+from trainer import checkpoint, resume
 from trainer.curves import plot_curves
-from trainer.data import ResumableDistributedSampler, ShardSampler, caching_rank_first
+from trainer.data import (
+    ResumableDistributedSampler,
+    SeededBatches,
+    SeededBatchSampler,
+    ShardSampler,
+    caching_rank_first,
+)
 from trainer.distributed import (
     all_reduce_scalars,
     configure_determinism,
@@ -40,6 +45,7 @@ from trainer.distributed import (
     settle_gradient_buckets,
 )
 from trainer.env import DistEnv
+from trainer.files import write_text_atomic
 from trainer.logs import setup_logging
 from trainer.monitor import Monitor, SilentMonitor
 from trainer.options import MODES
@@ -77,6 +83,24 @@ class Progress:
     def add_time(self, seconds: float) -> None:
         self.epoch_time_s += seconds
         self.train_time_s += seconds
+
+    # The counters that differ between ranks: each rank's own are checkpointed (one row per rank).
+    PER_RANK = ("epoch_loss_sum", "epoch_samples", "epoch_time_s", "train_time_s", "train_samples",
+                "first_step_unix_s")
+
+    def gather_per_rank(self, device: torch.device) -> torch.Tensor:
+        """Every rank's own counters, a float64 row per rank (collective)."""
+        mine = torch.tensor([float(getattr(self, name)) for name in self.PER_RANK], dtype=torch.float64,
+                            device=device)
+        rows = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(rows, mine)
+        return torch.stack(rows).cpu()
+
+    def with_own(self, row: torch.Tensor) -> Progress:
+        """This progress with this rank's own counters from its checkpointed row."""
+        values = row.tolist()
+        return replace(self, **{name: type(getattr(self, name))(value)
+                                for name, value in zip(self.PER_RANK, values, strict=True)})
 
 
 @dataclass
@@ -138,7 +162,6 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
     )
     workers = cfg.data.num_workers
     common = dict(
-        batch_size=cfg.data.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
@@ -147,8 +170,22 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
         multiprocessing_context=cfg.data.worker_start_method if workers > 0 else None,
         worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
-    train_loader = DataLoader(train_set, sampler=sampler, **common)
-    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size), **common)
+    # Each loader draws its workers' base seed from a generator of its own, not from the global
+    # one: a resumed run, which starts its iterators at other points, keeps the global streams.
+    generators = [torch.Generator().manual_seed((cfg.seed * 1_000_003 + env.rank * 2 + kind) % 2**63)
+                  for kind in (0, 1)]
+    if workers > 0:
+        # Workers seed their generators per batch (seed, epoch, rank, batch number), so random
+        # augmentation does not depend on where a run started (see SeededBatchSampler). Without
+        # workers, augmentation draws from this process's generators, which checkpoints restore.
+        train_loader = DataLoader(SeededBatches(train_set, cfg.seed, env.rank),
+                                  batch_sampler=SeededBatchSampler(sampler, cfg.data.batch_size),
+                                  generator=generators[0], **common)
+    else:
+        train_loader = DataLoader(train_set, sampler=sampler, batch_size=cfg.data.batch_size,
+                                  generator=generators[0], **common)
+    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size),
+                            batch_size=cfg.data.batch_size, generator=generators[1], **common)
     return train_loader, val_loader, sampler
 
 
@@ -190,9 +227,10 @@ def resume_from(cfg: DictConfig, run_dir: Path, restart: int) -> Path | None:
 
 def save_checkpoint(path: Path, env: DistEnv, model: torch.nn.Module, optimizer: Any,
                     scheduler: Any, scaler: torch.amp.GradScaler, progress: Progress,
-                    cfg: DictConfig) -> None:
+                    cfg: DictConfig, device: torch.device, fingerprint: dict[str, Any]) -> None:
     """Collective (every rank's RNG state is gathered); rank 0 writes."""
-    rng_states = checkpoint.gather_rng_states()
+    rng_states = checkpoint.gather_rng_states(device)
+    per_rank = progress.gather_per_rank(device)
     if env.is_main:
         checkpoint.save_atomic(
             {
@@ -200,38 +238,41 @@ def save_checkpoint(path: Path, env: DistEnv, model: torch.nn.Module, optimizer:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "scaler": scaler.state_dict(),  # empty unless fp16
-                "progress": asdict(progress),
+                "progress": asdict(progress),  # rank 0's; every rank's own counters below
+                "progress_per_rank": per_rank,
                 "rng": rng_states,
                 "world_size": env.world_size,
                 "seed": cfg.seed,
+                "fingerprint": fingerprint,  # what the sample order and the schedule came from
             },
             path,
         )
 
 
-def processes_per_node(env: DistEnv) -> list[int]:
+def processes_per_node(env: DistEnv, device: torch.device) -> list[int]:
     """How many ranks each node ran, as the ranks themselves report it (collective)."""
-    reports: list[Any] = [None] * env.world_size
-    dist.all_gather_object(reports, (env.node_rank, env.local_world_size))
-    return [count for _, count in sorted(set(reports))]
+    report = torch.tensor([env.node_rank, env.local_world_size], dtype=torch.int64, device=device)
+    reports = [torch.empty_like(report) for _ in range(env.world_size)]
+    dist.all_gather(reports, report)
+    return [count for _, count in sorted({tuple(item.tolist()) for item in reports})]
 
 
-def stop_for_slurm(stop: StopRequest, env: DistEnv, log: logging.Logger, max_requeues: int) -> int:
+def stop_for_slurm(stop: StopRequest, env: DistEnv, log: logging.Logger, max_requeues: int,
+                   device: torch.device) -> int:
     """After the stop checkpoint: rank 0 requeues the job if the time limit is the reason; every
     rank learns the outcome and returns its exit code."""
     dist.barrier()  # the checkpoint is on disk before the job leaves the queue's hands
-    requeued = [False]
+    requeued = torch.zeros(1, dtype=torch.int64, device=device)
     if env.is_main:
         log.warning("stopping after step checkpoint: %s received", stop.name)
-        requeued[0] = stop.time_limit and requeue_this_job(max_requeues)
-    dist.broadcast_object_list(requeued, src=0)
-    return REQUEUED_EXIT_CODE if requeued[0] else STOPPED_EXIT_CODE
+        requeued.fill_(int(bool(stop.time_limit and requeue_this_job(max_requeues))))
+    dist.broadcast(requeued, src=0)
+    return REQUEUED_EXIT_CODE if requeued.item() else STOPPED_EXIT_CODE
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    tmp = run_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    """Atomically, with fsync, like the checkpoint: a reader sees the whole summary or none."""
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def train(cfg: DictConfig) -> int:
@@ -253,35 +294,67 @@ def train(cfg: DictConfig) -> int:
         accumulate, clip_grad_norm = cfg.trainer.accumulate, cfg.trainer.clip_grad_norm
         batch_size, epochs = cfg.data.batch_size, cfg.trainer.epochs
         micro_batches = math.ceil(sampler.num_samples / batch_size)  # per epoch, on this rank
-        scheduler = build_scheduler(cfg.sched, optimizer, math.ceil(micro_batches / accumulate), epochs)
+        steps_per_epoch = math.ceil(micro_batches / accumulate)
+        scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, epochs)
         step_scheduler_each_step = cfg.sched.interval == "step"
 
-        # Resume: rank 0 reads, everyone restores the same state (and its own RNG).
+        # Resume: every rank gets the checkpoint (from the file, or as tensors from rank 0) and
+        # restores the same state (and its own RNG).
+        run_fingerprint = resume.fingerprint(cfg, env.world_size, len(train_set), optimizer.defaults["lr"],
+                                             steps_per_epoch)
+        base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
         progress = Progress()
-        state = checkpoint.load_on_rank0(resume_from(cfg, run_dir, env.restart))
+        resumed = False
+        state = checkpoint.load_everywhere(resume_from(cfg, run_dir, env.restart), device)
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                precision.scaler.load_state_dict(state["scaler"])
+            resumed = True
             progress = Progress(**state["progress"])
-            if state["world_size"] == env.world_size:
-                checkpoint.set_rng_state(state["rng"][env.rank])
-            else:
+            same_world = state["world_size"] == env.world_size
+            if not same_world:
                 # Another world size shards the data differently: a mid-epoch position is
                 # meaningless, so that epoch restarts; exactness is only promised for the same size.
                 log.warning("checkpoint from world size %d, now %d: RNG streams not restored, "
                             "epoch %d restarts from its beginning", state["world_size"],
                             env.world_size, progress.epoch)
                 progress = progress.start_epoch(progress.epoch)
+            saved = state.get("fingerprint")
+            schedule_changes: list[str] = []
+            if saved is not None:
+                resume.check_sample_order(saved, run_fingerprint, progress.epoch, progress.step_in_epoch, log)
+                schedule_changes = resume.changed(resume.SCHEDULE_KEYS, saved, run_fingerprint)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if schedule_changes:
+                # The checkpoint's curve was drawn for other settings (its end may be behind us:
+                # lr 0): the current settings' schedule, at the run's position on it.
+                same_intervals = same_world and "optimizer steps per epoch" not in schedule_changes
+                position = (progress.epoch if cfg.sched.interval != "step" else
+                            progress.global_step if same_intervals else progress.epoch * steps_per_epoch)
+                scheduler = resume.rederive_schedule(cfg.sched, optimizer, base_lrs, steps_per_epoch,
+                                                     epochs, position)
+                log.warning("resuming with another schedule (%s): the lr schedule is re-derived for "
+                            "the current settings, at interval %d (lr %.4g)",
+                            resume.describe(schedule_changes, saved, run_fingerprint), position,
+                            optimizer.param_groups[0]["lr"])
+            elif scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                precision.scaler.load_state_dict(state["scaler"])
+            if same_world:
+                checkpoint.set_rng_state(state["rng"][env.rank], device)
+                if "progress_per_rank" in state:  # older checkpoints: rank 0's counters for all
+                    progress = progress.with_own(state["progress_per_rank"][env.rank])
             log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
                      progress.epoch, progress.step_in_epoch, progress.global_step)
+            del state
+        # metrics.jsonl keeps the epochs the checkpoint covers; nothing is rewritten before this
+        # run logs its first epoch. TensorBoard hides what the interrupted attempt logged past
+        # the checkpoint's last completed step.
         monitor = (Monitor(run_dir, cfg.trainer.progress_bar, cfg.trainer.tensorboard,
-                           cfg.trainer.tensorboard_every_steps, progress.global_step)
+                           cfg.trainer.tensorboard_every_steps,
+                           resumed_step=progress.global_step if resumed else None,
+                           keep_epochs_before=progress.epoch)
                    if env.is_main else SilentMonitor())
-        monitor.trim_to_epoch(progress.epoch)
 
         # Plain values: OmegaConf lookups cost tens of microseconds, too much for the step loop.
         log_every = cfg.trainer.log_every_steps
@@ -337,15 +410,17 @@ def train(cfg: DictConfig) -> int:
                 if every_steps and progress.global_step % every_steps == 0:
                     progress.add_time(time.perf_counter() - epoch_start)
                     epoch_start = time.perf_counter()
-                    save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
+                    save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress,
+                                    cfg, device, run_fingerprint)
                 if stop_signals and (stop := stop_signals.agreed(progress.global_step, device)):
                     break
             progress.add_time(time.perf_counter() - epoch_start)
             if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
-                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
+                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress,
+                                cfg, device, run_fingerprint)
                 monitor.close()
                 del ddp_model, model, optimizer, scheduler, train_loader, val_loader
-                return stop_for_slurm(stop, env, log, cfg.slurm.max_requeues)
+                return stop_for_slurm(stop, env, log, cfg.slurm.max_requeues, device)
 
             if scheduler is not None and not step_scheduler_each_step:
                 scheduler.step()
@@ -364,16 +439,20 @@ def train(cfg: DictConfig) -> int:
             log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f lr=%.4g", epoch + 1,
                      epochs, record["train_loss"], val_loss, val_acc, record["lr"])
             progress = progress.start_epoch(epoch + 1)
-            if every_epochs and (epoch + 1) % every_epochs == 0:
-                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress, cfg)
+            # The record first, then the checkpoint: a checkpoint past an epoch implies its record
+            # is on disk; a kill between the two resumes from an earlier checkpoint, and the
+            # resumed run drops the records past that checkpoint and logs them again.
             monitor.end_epoch(record)
+            if every_epochs and (epoch + 1) % every_epochs == 0:
+                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler,
+                                progress, cfg, device, run_fingerprint)
 
         if math.isnan(val_loss):  # resumed after the last epoch: report the final model anyway
             val_loss, val_acc = evaluate(ddp_model, val_loader, device, channels_last)
         total_samples, time_sum = all_reduce_scalars([progress.train_samples, progress.train_time_s], device)
         mean_train_time = time_sum / env.world_size
         (first_step_done,) = all_reduce_scalars([progress.first_step_unix_s], device, dist.ReduceOp.MAX)
-        gpus_per_node = processes_per_node(env)
+        gpus_per_node = processes_per_node(env, device)
         summary = {
             "mode": "train",
             "world_size": env.world_size,
@@ -419,7 +498,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> int:
         train_set, val_set = prepare_data(cfg, env)
         _, val_loader, _ = build_loaders(cfg, env, train_set, val_set, device)
         model = build_model(cfg, device)
-        state = checkpoint.load_on_rank0(Path(cfg.checkpoint))
+        state = checkpoint.load_everywhere(Path(cfg.checkpoint), device)
         assert state is not None
         model.load_state_dict(state["model"])
         val_loss, val_acc = evaluate(model, val_loader, device, cfg.trainer.channels_last)
