@@ -58,7 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ddp-launcher {__version__}")
         return
     sys.argv = [sys.argv[0] if sys.argv else "launcher", *command.hydra_args]
-    _main()
+    from launcher.supervise import exit_now_if_agent_stuck
+
+    try:
+        _main()
+    except SystemExit as stop:
+        exit_now_if_agent_stuck(stop.code)
+        raise
+    exit_now_if_agent_stuck(0)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ _FORWARDED = (signal.SIGUSR1, signal.SIGUSR2)
 # SIGKILL is not refused, but a process in uninterruptible sleep dies only when it wakes: the
 # launcher waits this long for that, so stopping a job stays bounded.
 KILL_WAIT_S = 2.0
+AGENT_THREAD_NAME = "torchrun-agent"
 log = logging.getLogger("launcher")
 
 
@@ -163,3 +165,19 @@ def run_forwarding_signals(command: list[str]) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def exit_now_if_agent_stuck(code: object) -> None:
+    """Leave at once when torchrun's agent thread is still blocked in C++ (a rendezvous given up
+    on, or Ctrl-C during one): the interpreter's teardown would destroy its C++ objects under it
+    and abort ("terminate called without an active exception"), turning exit code 1 into SIGABRT.
+    Everything of the job is stopped and reported by then."""
+    import threading
+
+    if not any(thread.name == AGENT_THREAD_NAME and thread.is_alive() for thread in threading.enumerate()):
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

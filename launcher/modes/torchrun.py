@@ -19,7 +19,7 @@ from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import JOINED
 from launcher.local_store import AGENT_BACKEND, FILE_STORE_ENV, register_agent_backend
-from launcher.supervise import Interrupted, job_processes
+from launcher.supervise import AGENT_THREAD_NAME, Interrupted, job_processes
 
 if TYPE_CHECKING:
     from torch.distributed.launcher.api import LaunchConfig
@@ -136,6 +136,16 @@ def _silence_cpp_retry_warnings() -> None:
         del os.environ["TORCH_CPP_LOG_LEVEL"]
 
 
+def _rendezvous_overdue(job: JobConfig) -> str:
+    within = f"within init_timeout={job.init_timeout_s:g}s"
+    if not job.ranks_from_rendezvous and job.node_rank == 0:  # it hosts the store: peers missing
+        return (f"node 0: not all {job.nodes} nodes joined the rendezvous at {job.rdzv_endpoint} "
+                f"{within}: start every node with the same nodes, master_addr and master_port")
+    node = "this node" if job.ranks_from_rendezvous else f"node {job.node_rank}"
+    return (f"{node} could not reach the rendezvous store at {job.rdzv_endpoint} {within} (is node 0 "
+            "running, and are master_addr/master_port right?)")
+
+
 def _run_agent(job: JobConfig, outcome: dict[str, BaseException]) -> None:
     from torch.distributed.launcher.api import elastic_launch
 
@@ -158,11 +168,7 @@ def _wait_for_agent(job: JobConfig, agent: threading.Thread) -> None:
         if job_processes():  # workers exist: the rendezvous is over
             deadline = None
         elif time.monotonic() > deadline:
-            node = "this node" if job.ranks_from_rendezvous else f"node {job.node_rank}"
-            raise StartFailed(
-                f"{node} did not complete the rendezvous at {job.rdzv_endpoint} within "
-                f"init_timeout={job.init_timeout_s:g}s: is node 0 running and reachable, were all "
-                f"{job.nodes} nodes started with the same master_addr/master_port?")
+            raise StartFailed(_rendezvous_overdue(job))
 
 
 def run(job: JobConfig) -> dict[int, tuple[int, float]]:
@@ -178,7 +184,7 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     outcome: dict[str, BaseException] = {}
     # A daemon thread: after Ctrl-C or a rendezvous timeout it may still be blocked in C++ while
     # the launcher stops the job and exits.
-    agent = threading.Thread(target=_run_agent, args=(job, outcome), name="torchrun-agent", daemon=True)
+    agent = threading.Thread(target=_run_agent, args=(job, outcome), name=AGENT_THREAD_NAME, daemon=True)
     agent.start()
     _wait_for_agent(job, agent)
     error = outcome.get("error")
