@@ -406,6 +406,16 @@ class Status:
     ranks: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
+def refused_as_not_a_run_dir(run_dir: Path) -> bool:
+    """The commands' shared check: True, after the one-line error, when ``run_dir`` is no run."""
+    try:
+        check_run_dir(run_dir)
+    except NotARunDir as why:
+        print(f"error: {why}", file=sys.stderr)
+        return True
+    return False
+
+
 def launcher_log_verdict(run_dir: Path) -> tuple[str, str] | None:
     """What the launcher logged at the end of its latest start in ``launcher.log``: every rank
     finished (how a script's run, which writes no summary, is known to have finished), or it was
@@ -639,10 +649,7 @@ def logs_main(argv: list[str]) -> int:
     if args.attempt not in ("latest", "all") and not args.attempt.isdigit():
         parser.error(f"--attempt {args.attempt}: a number, latest or all")
     run_dir = args.run_dir
-    try:
-        check_run_dir(run_dir)
-    except NotARunDir as why:
-        print(f"error: {why}", file=sys.stderr)
+    if refused_as_not_a_run_dir(run_dir):
         return 2
     logs, fallback = rank_logs(run_dir), False
     if not logs and (run_dir / SLURM_FOLDER).is_dir():
@@ -729,10 +736,7 @@ def cancel_main(argv: list[str]) -> int:
                         help="local runs: seconds to wait for the launcher to stop its ranks (default 60)")
     args = parser.parse_args(argv)
     run_dir = args.run_dir
-    try:
-        check_run_dir(run_dir)
-    except NotARunDir as why:
-        print(f"error: {why}", file=sys.stderr)
+    if refused_as_not_a_run_dir(run_dir):
         return 2
     job_id = slurm_job_id(run_dir)
     if job_id is not None:

@@ -9,7 +9,7 @@
 # Needs root (Debian 12). Everything it writes lives under $LAUNCHER_SLURM_DIR
 # (default /var/tmp/launcher-slurm), plus /etc/slurm/slurm.conf (so sbatch/srun/submitit find the
 # cluster without SLURM_CONF) and a `127.0.0.1 n1 n2` line in /etc/hosts.
-# Facts behind the settings: /work/shared/notes/slurm-local-cluster.md and slurm/LOCAL_CLUSTER.md.
+# Facts behind the settings: slurm/LOCAL_CLUSTER.md (and the team's shared notes on the local cluster).
 set -euo pipefail
 export PATH=$PATH:/usr/sbin:/sbin        # the daemons live in /usr/sbin
 
