@@ -18,8 +18,6 @@ from tqdm import tqdm
 from trainer.files import read_jsonl, write_text_atomic
 from trainer.options import PROGRESS_BAR
 
-POSTFIX_EVERY = 20  # micro-batches between loss/lr updates of the bar (formatting costs time)
-
 # Set by a launcher that passes this process's output on to a terminal through a pipe of its own.
 CONSOLE_IS_TERMINAL_ENV = "LAUNCHER_CONSOLE_IS_TERMINAL"
 
@@ -79,16 +77,26 @@ class Monitor:
             self.bar = tqdm(total=micro_batches, initial=done, desc=f"epoch {epoch + 1}/{epochs}",
                             unit="batch", dynamic_ncols=True, file=sys.stderr)
 
-    def micro_batch(self, loss: float, lr: float) -> None:
+    def micro_batch(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            if self.bar.n % POSTFIX_EVERY == 0:
-                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
 
-    def optimizer_step(self, global_step: int, loss: float, lr: float) -> None:
-        if self.writer is not None and global_step % self.tensorboard_every_steps == 0:
-            self.writer.add_scalar("train/batch_loss", loss, global_step)
-            self.writer.add_scalar("train/lr", lr, global_step)
+    def charts(self, global_step: int) -> bool:
+        """Whether TensorBoard shows this optimizer step's loss and lr (every N steps); the
+        trainer keeps those losses on the device and hands them over in `losses_read`."""
+        return self.writer is not None and global_step % self.tensorboard_every_steps == 0
+
+    def losses_read(self, charted: list[tuple[int, float, float]], loss: float, lr: float) -> None:
+        """The losses the trainer has just read from the device, which it does at the logging
+        interval, before a checkpoint and at the epoch's end (not every step, which would make
+        the host wait for the GPU): each charted (global step, loss, lr) goes to TensorBoard under
+        its own step, the last micro-batch's loss and lr to the bar."""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+        if self.writer is not None:
+            for global_step, step_loss, step_lr in charted:
+                self.writer.add_scalar("train/batch_loss", step_loss, global_step)
+                self.writer.add_scalar("train/lr", step_lr, global_step)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Close the bar, append the epoch's record to metrics.jsonl and TensorBoard."""

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ class Progress:
     epoch: int = 0
     step_in_epoch: int = 0  # micro-batches already taken in `epoch` (the sampler's position)
     global_step: int = 0
-    epoch_loss_sum: float = 0.0  # this rank's loss x samples so far in `epoch`
+    epoch_loss_sum: float = 0.0  # this rank's loss x samples in `epoch` (up to the last UnreadLosses.read)
     epoch_samples: int = 0
     epoch_time_s: float = 0.0  # this rank's training time in `epoch` (evaluation excluded)
     train_time_s: float = 0.0
@@ -103,6 +103,44 @@ class Progress:
                                 for name, value in zip(self.PER_RANK, values, strict=True)})
 
 
+class UnreadLosses:
+    """This rank's training losses, kept on the device until the host reads them.
+
+    Reading a device tensor (``loss.item()``) waits for every kernel queued before it: once per
+    micro-batch, that would leave the GPU idle while the host prepares the next step. So each
+    micro-batch's loss stays on the device as it is (one scalar each), and `read` brings the
+    unread ones over in one transfer: at the logging interval (``trainer.log_every_steps``),
+    before a checkpoint and at the epoch's end. The host then adds them up as Python floats in the
+    order they came, so the epoch's sum is the very number that reading each loss at once gives.
+    """
+
+    def __init__(self) -> None:
+        self.unread: list[tuple[torch.Tensor, int, float]] = []  # (loss, samples, lr) per micro-batch
+        self.charted: list[tuple[int, int]] = []  # (global step, index in unread) for TensorBoard
+
+    def add(self, loss: torch.Tensor, samples: int, lr: float) -> None:
+        """A micro-batch's mean loss over ``samples``, and the lr its optimizer step uses."""
+        self.unread.append((loss.detach(), samples, lr))
+
+    def chart(self, global_step: int) -> None:
+        """TensorBoard charts the last micro-batch's loss and lr as this optimizer step's."""
+        self.charted.append((global_step, len(self.unread) - 1))
+
+    def read(self, progress: Progress, monitor: Monitor) -> float:
+        """One transfer: the losses added into ``progress``, the charted ones and the last one to
+        ``monitor``; returns the last micro-batch's loss (nan when none came since the last read)."""
+        if not self.unread:
+            return math.nan
+        values = torch.stack([loss for loss, _, _ in self.unread]).tolist()
+        for value, (_, samples, _) in zip(values, self.unread, strict=True):
+            progress.epoch_loss_sum += value * samples
+        charted = [(step, values[index], self.unread[index][2]) for step, index in self.charted]
+        monitor.losses_read(charted, values[-1], self.unread[-1][2])
+        self.unread.clear()
+        self.charted.clear()
+        return values[-1]
+
+
 @dataclass
 class Worker:
     """This process's place in the job and what it runs on."""
@@ -121,6 +159,9 @@ def started(cfg: DictConfig) -> Iterator[Worker]:
     run_dir = Path(cfg.run_dir)
     log = setup_logging(env.rank, run_dir)
     configure_determinism(cfg.deterministic, cfg.cudnn_benchmark)
+    # high: float32 matmuls on TF32 tensor cores (Ampere and later), several times the fp32 rate
+    # for a 10-bit mantissa; medium: bf16. highest, the default, keeps them exact fp32.
+    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
     backend = resolve_backend(cfg.backend)
     device = select_device(backend, env)
     threads = limit_cpu_threads(env)
@@ -152,6 +193,33 @@ def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool) -
     if channels_last and tensor.dim() == 4:
         return tensor.to(device, non_blocking=True, memory_format=torch.channels_last)
     return tensor.to(device, non_blocking=True)
+
+
+def on_device(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+              channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's ``(inputs, targets)`` on ``device``, each batch's copy overlapping the compute
+    of the batch before it.
+
+    On CUDA the batch (pinned by the loader) is copied asynchronously on a side stream, and the
+    compute stream waits for that copy only where it reaches the batch: as the step loop never waits
+    for the GPU, the host queues batch k+1's copy while the GPU still computes batch k, one batch
+    ahead. The loader itself is not read ahead: a batch fetched before the step in front of it is
+    checkpointed would have drawn its augmentation (without workers, from this process's RNG)
+    before the RNG state the checkpoint saves, and a resumed run would augment it differently.
+    On CPU there is nothing to copy: the batches pass through in the loader's order.
+    """
+    if device.type != "cuda":
+        for inputs, targets in loader:
+            yield to_device(inputs, device, channels_last), to_device(targets, device, False)
+        return
+    copies, compute = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    for inputs, targets in loader:
+        with torch.cuda.stream(copies):
+            batch = to_device(inputs, device, channels_last), to_device(targets, device, False)
+        compute.wait_stream(copies)
+        for tensor in batch:
+            tensor.record_stream(compute)  # its memory is reused only once the compute stream is done
+        yield batch
 
 
 def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
@@ -192,17 +260,24 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
              channels_last: bool) -> tuple[float, float]:
-    """Loss and accuracy over the whole validation set: sums reduced over ranks, then divided."""
+    """Loss and accuracy over the whole validation set: sums reduced over ranks, then divided.
+
+    The sums stay on the device until the end (float64, so they equal Python floats added in
+    order): reading them per batch would wait for the GPU on every batch."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0.0, 0.0
-    for inputs, targets in loader:
-        inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device, False)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    for inputs, targets in on_device(loader, device, channels_last):
         logits = model(inputs)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        correct += (logits.argmax(dim=1) == targets).sum().item()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == targets).sum()
         count += targets.numel()
     model.train()
-    loss_sum, correct, count = all_reduce_scalars([loss_sum, correct, count], device)
+    count_on_device = torch.full((), count, dtype=torch.float64, device=device)  # a fill, not a copy
+    totals = torch.stack([loss_sum, correct.double(), count_on_device])
+    dist.all_reduce(totals)
+    loss_sum, correct, count = totals.tolist()
     return loss_sum / count, correct / count
 
 
@@ -363,15 +438,14 @@ def train(cfg: DictConfig) -> int:
         stop_signals = StopSignals(cfg.trainer.stop_check_steps).install() if StopSignals.wanted() else None
         stop = None
         buckets_settled = False
+        losses = UnreadLosses()
         val_loss, val_acc = math.nan, math.nan
 
         for epoch in range(progress.epoch, epochs):
             sampler.set_epoch(epoch, start_index=progress.step_in_epoch * batch_size)
             monitor.start_epoch(epoch, epochs, micro_batches, progress.step_in_epoch)
             epoch_start = time.perf_counter()
-            for inputs, targets in train_loader:
-                inputs = to_device(inputs, device, channels_last)
-                targets = to_device(targets, device, False)
+            for inputs, targets in on_device(train_loader, device, channels_last):
                 if not buckets_settled:  # once per process, before its first real step
                     settle_gradient_buckets(ddp_model, inputs)
                     buckets_settled = True
@@ -384,12 +458,12 @@ def train(cfg: DictConfig) -> int:
                     with precision.autocast():
                         loss = F.cross_entropy(ddp_model(inputs), targets)
                     precision.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
-                batch, loss_value = targets.numel(), loss.item()
-                progress.epoch_loss_sum += loss_value * batch
+                batch = targets.numel()
+                lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
+                losses.add(loss, batch, lr)  # on the device: no wait for the GPU here
                 progress.epoch_samples += batch
                 progress.train_samples += batch
-                lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
-                monitor.micro_batch(loss_value, lr)
+                monitor.micro_batch()
                 if not ends_group:
                     continue
                 if clip_grad_norm:
@@ -404,16 +478,22 @@ def train(cfg: DictConfig) -> int:
                 if not progress.first_step_unix_s:
                     progress.first_step_unix_s = time.time()
                 progress.global_step += 1
-                monitor.optimizer_step(progress.global_step, loss_value, lr)
-                if log_every and progress.global_step % log_every == 0:
+                if monitor.charts(progress.global_step):
+                    losses.chart(progress.global_step)
+                logs_now = log_every and progress.global_step % log_every == 0
+                saves_now = every_steps and progress.global_step % every_steps == 0
+                if logs_now or saves_now:  # the only steps at which the host waits for the device
+                    loss_value = losses.read(progress, monitor)
+                if logs_now:
                     log.info("epoch %d step %d loss %.4f lr %.4g", epoch, progress.step_in_epoch, loss_value, lr)
-                if every_steps and progress.global_step % every_steps == 0:
+                if saves_now:
                     progress.add_time(time.perf_counter() - epoch_start)
                     epoch_start = time.perf_counter()
                     save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress,
                                     cfg, device, run_fingerprint)
                 if stop_signals and (stop := stop_signals.agreed(progress.global_step, device)):
                     break
+            losses.read(progress, monitor)
             progress.add_time(time.perf_counter() - epoch_start)
             if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
                 save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress,
@@ -463,6 +543,7 @@ def train(cfg: DictConfig) -> int:
             "epochs": epochs,
             "restarts": env.restart,  # torchrun restarts and Slurm requeues this job needed
             "precision": precision.name,
+            "matmul_precision": torch.get_float32_matmul_precision(),
             "accumulate": accumulate,
             "lr": optimizer.defaults["lr"],  # after optim.scale_lr
             "deterministic": torch.are_deterministic_algorithms_enabled(),
