@@ -28,6 +28,7 @@ from launcher.modes import get_mode
 from launcher.rank_output import LOGS_SUBDIR, log_file_name
 from launcher.submit import SubmitPlan, failure_report, plan_submission
 from launcher.supervise import Interrupted, run_forwarding_signals, supervised
+from launcher.warm import warm_start
 
 log = logging.getLogger("launcher")
 
@@ -179,7 +180,7 @@ def launch(job: JobConfig) -> int:
                  job.local_world_size, plan.node_place(job), job.mode.name, job.backend,
                  job.local_addr, job.socket_ifname or "as in the environment", job.run_dir)
         try:
-            with supervised(job.mode.shutdown_grace_s):
+            with warm_start(job), supervised(job.mode.shutdown_grace_s):
                 exits = get_mode(job.mode.name).run(job)
         except Interrupted as stop:
             log.error("interrupted (%s): stopped every rank", stop)

@@ -212,12 +212,14 @@ def search_working_directory_last() -> None:
     sys.path[:] = [*entries, os.getcwd()]
 
 
-def run_target(kind: str, name: str, args: list[str]) -> None:
+def run_target(kind: str, name: str, args: list[str], parent: int | None = None) -> None:
     """Run a module or script as ``__main__`` in this process, the way ``python`` would, or
-    replace this process with an executable (``no_python``)."""
+    replace this process with an executable (``no_python``). ``parent``: the process whose death
+    ends this one (default: the launcher, ``LAUNCHER_PARENT_PID``)."""
     faulthandler.enable()
-    parent = os.environ.get(PARENT_PID_ENV)
-    die_with_parent(int(parent) if parent else None)
+    if parent is None and os.environ.get(PARENT_PID_ENV):
+        parent = int(os.environ[PARENT_PID_ENV])
+    die_with_parent(parent)
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     file_only = capture_rank_output(rank, local_rank, attempt_number())
@@ -286,30 +288,71 @@ def fail_fast(error: BaseException, file_only: int | None = None) -> None:
     os._exit(1)
 
 
+def detach_from_fork_server(server_pid: int) -> None:
+    """In a rank forked by the launcher's fork server (``launcher.warm``): let go of the server.
+
+    The server ends when every holder of its lifeline has closed it; a rank (and the DataLoader
+    workers it forks) must not hold it, or a launcher killed with SIGKILL would leave the server,
+    and so the ranks, alive. The rank's parent is the server, so its parent-death signal follows
+    the server (``run_target``'s ``parent``). A rank that starts a fork server of its own gets a
+    fresh one.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+    server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
+    server._inherited_fds = None
+
+
 def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,
                      master_addr: str, master_port: int, kind: str, name: str,
-                     args: list[str]) -> None:
+                     args: list[str], server_pid: int | None = None) -> None:
     """``torch.multiprocessing`` entry: become one rank, then run the target.
 
     Each rank gets its own session, as torchrun's workers do: with the kernel's autogroup
     scheduling, ranks sharing the launcher's session also share one slice of the CPU. The launcher
-    (still the parent, still the subreaper) stops them on Ctrl-C.
+    (still the subreaper) stops them on Ctrl-C.
     """
+    if server_pid is not None:
+        detach_from_fork_server(server_pid)
     os.setsid()
     os.environ.update(rank_info(procs_per_node, node_rank, local_rank).env())
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-    run_target(kind, name, args)
+    run_target(kind, name, args, parent=server_pid)
+
+
+def run_agent_rank(kind: str, name: str, args: list[str], server_pid: int) -> None:
+    """torchrun's agent's entry for a rank forked by the fork server (its environment is set).
+
+    The agent counts a function rank as finished when it returns: ``sys.exit(0)`` at the end of a
+    script is such a return here; any other exit code stays the process's exit code.
+    """
+    detach_from_fork_server(server_pid)
+    os.setsid()
+    export_node_rank()
+    try:
+        run_target(kind, name, args, parent=server_pid)
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            raise
+
+
+def export_node_rank() -> None:
+    """The agent calls the node's rank GROUP_RANK; scripts written for ``torchrun --node-rank``
+    read NODE_RANK, so export it under both names."""
+    if "GROUP_RANK" in os.environ:
+        os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
 
 
 def main(argv: list[str]) -> None:
-    """``python -m launcher.child module NAME ARGS...`` or ``... script PATH ARGS...``.
-
-    torchrun's workers start here. The agent calls the node's rank GROUP_RANK; scripts written for
-    ``torchrun --node-rank`` read NODE_RANK, so export it under both names.
-    """
+    """``python -m launcher.child module NAME ARGS...`` or ``... script PATH ARGS...``: torchrun's
+    workers start here with ``launcher.start_method=spawn``."""
     kind, name, *args = argv
-    if "GROUP_RANK" in os.environ:
-        os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
+    export_node_rank()
     run_target(kind, name, args)
 
 

@@ -76,7 +76,7 @@ class ModeConfig:
     max_restarts: int = 0
     monitor_interval_s: float = 0.1
     shutdown_grace_s: float = 5.0
-    start_method: str = "spawn"
+    start_method: str = "forkserver"  # launcher.warm: ranks forked from a warm process; or "spawn"
     rdzv: str = "static"
     rdzv_endpoint: str | None = None
     rdzv_id: str | None = None

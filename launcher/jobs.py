@@ -706,13 +706,16 @@ def logs_main(argv: list[str]) -> int:
 
 def local_launchers(ranks: list[Attempt]) -> dict[int, list[int]]:
     """The launcher process of each live rank: the rank's ``LAUNCHER_PARENT_PID`` (exported by the
-    launcher to its ranks), accepted only where it is the rank's parent and alive."""
+    launcher to its ranks), accepted only where it is alive and the rank's parent, or its
+    grandparent through the fork server that warm ranks come from (``launcher.warm``)."""
     from launcher.child import PARENT_PID_ENV
 
     found: dict[int, list[int]] = {}
     for rank in ranks:
         declared = process_env(rank.pid).get(PARENT_PID_ENV, "")
-        if declared.isdigit() and parent_pid(rank.pid) == int(declared) and process_alive(int(declared)):
+        parent = parent_pid(rank.pid)
+        ancestors = (parent, parent_pid(parent) if parent else None)
+        if declared.isdigit() and int(declared) in ancestors and process_alive(int(declared)):
             found.setdefault(int(declared), []).append(rank.rank)
     return found
 

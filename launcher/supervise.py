@@ -83,16 +83,25 @@ def _signal_all(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
+def fork_server_pid() -> int | None:
+    """The job's fork server (``launcher.warm``), if one runs: multiprocessing keeps its process id
+    in a private field."""
+    from multiprocessing import forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+
+
 def _own_helpers() -> set[int]:
     """The launcher's own helper processes, which end when the launcher does.
 
     ``torch.multiprocessing`` starts multiprocessing's resource tracker as the launcher's child; it
-    ignores SIGTERM by design and exits when our end of its pipe closes.
+    ignores SIGTERM by design and exits when our end of its pipe closes. The fork server that the
+    ranks come from is stopped after them (``launcher.warm``); the ranks below it are job processes.
     """
     from multiprocessing import resource_tracker
 
     tracker_pid = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
-    return {tracker_pid} if tracker_pid else set()
+    return {pid for pid in (tracker_pid, fork_server_pid()) if pid}
 
 
 def job_processes() -> list[int]:

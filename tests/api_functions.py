@@ -21,3 +21,12 @@ def fail_on_rank(rank: int) -> None:
     if dist.get_rank() == rank:
         raise ValueError(f"deliberate failure in a launched function on rank {rank}")
     dist.barrier()
+
+
+def how_started() -> dict:
+    """How this rank's process came to be: forked from the launcher's fork server (warm) or not."""
+    import multiprocessing
+
+    return {"forked": multiprocessing.parent_process() is not None,
+            "parent_is_launcher": os.getppid() == int(os.environ["LAUNCHER_PARENT_PID"]),
+            "own_session": os.getsid(0) == os.getpid()}

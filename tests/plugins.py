@@ -94,8 +94,8 @@ class FaultyMLP(MLP):
         if self.action == "usr1":  # Slurm's "time limit near": the trainer checkpoints and stops
             os.kill(os.getpid(), signal.SIGUSR1)
             return
-        if self.action == "kill_job":
-            os.kill(os.getppid(), signal.SIGKILL)
+        if self.action == "kill_job":  # the launcher (a warm rank's parent is its fork server)
+            os.kill(int(os.environ["LAUNCHER_PARENT_PID"]), signal.SIGKILL)
             time.sleep(60)  # the parent-death signal ends us
         raise RuntimeError(f"deliberate fault at training step {self.steps}")
 

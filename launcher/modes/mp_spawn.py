@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
+from launcher import warm
 from launcher.child import run_spawned_rank
 from launcher.config import JobConfig
 from launcher.ranks import rank_info
+from launcher.supervise import fork_server_pid
 
 
 def _spawn_args(job: JobConfig) -> tuple[object, ...]:
@@ -19,6 +21,7 @@ def _spawn_args(job: JobConfig) -> tuple[object, ...]:
         job.target.kind,
         job.target.name,
         list(job.target.args),
+        fork_server_pid() if warm.starts_warm(job) else None,
     )
 
 

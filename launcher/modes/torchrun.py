@@ -13,13 +13,16 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from launcher import warm
+from launcher.child import run_agent_rank
 from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import JOINED
 from launcher.local_store import AGENT_BACKEND, FILE_STORE_ENV, register_agent_backend
-from launcher.supervise import AGENT_THREAD_NAME, Interrupted, job_processes
+from launcher.supervise import AGENT_THREAD_NAME, Interrupted, fork_server_pid, job_processes
 
 if TYPE_CHECKING:
     from torch.distributed.launcher.api import LaunchConfig
@@ -34,6 +37,14 @@ _SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 
 def worker_args(job: JobConfig) -> list[str]:
     return ["-u", *_SAFE_PATH, "-m", CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
+
+
+def _entrypoint(job: JobConfig) -> tuple[Callable[..., None] | str, tuple[object, ...]]:
+    """Warm (forked from the job's fork server, see ``launcher.warm``) or a fresh interpreter."""
+    server = fork_server_pid()
+    if warm.starts_warm(job) and server is not None:
+        return run_agent_rank, (job.target.kind, job.target.name, list(job.target.args), server)
+    return sys.executable, tuple(worker_args(job))
 
 
 def _rdzv_configs(job: JobConfig) -> dict[str, object]:
@@ -65,7 +76,7 @@ def launch_config(job: JobConfig) -> LaunchConfig:
         rdzv_timeout=int(job.init_timeout_s),
         max_restarts=job.mode.max_restarts,
         monitor_interval=job.mode.monitor_interval_s,
-        start_method="spawn",
+        start_method=warm.WARM if warm.starts_warm(job) else "spawn",
         local_addr=job.local_addr,
         shutdown_timeout=int(job.mode.shutdown_grace_s),
     )
@@ -149,8 +160,9 @@ def _rendezvous_overdue(job: JobConfig) -> str:
 def _run_agent(job: JobConfig, outcome: dict[str, BaseException]) -> None:
     from torch.distributed.launcher.api import elastic_launch
 
+    entrypoint, args = _entrypoint(job)
     try:
-        elastic_launch(launch_config(job), sys.executable)(*worker_args(job))
+        elastic_launch(launch_config(job), entrypoint)(*args)
     except BaseException as error:  # handed to the main thread, which decides
         outcome["error"] = error
 

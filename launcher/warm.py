@@ -1,0 +1,103 @@
+"""Warm rank starts: every rank is a fork of one process that has already imported torch.
+
+A rank started as a fresh interpreter spends 1.5–2 s importing torch (and the trainer) before the
+job's first line runs, and every rank of a node pays it at once, competing for the same cores.
+With ``launcher.start_method=forkserver`` (the default) the launcher starts Python's fork server
+for the job as its first act, in the job's environment: a fresh, single-threaded interpreter
+(never the launcher itself, whose torchrun agent runs in a thread) that imports the modules below
+while the launcher is still preparing, and forks one rank per request. CUDA is never initialised
+there, so each rank still chooses and initialises its own device.
+
+Guarantees kept: each rank gets its own session and a parent-death signal (its parent is the
+server, which exits when the launcher does, however it ends); the server is one of the launcher's
+helpers, not a job process, and is stopped when the job is; scripts and modules still run as
+``__main__`` in a namespace of their own, with their own ``sys.argv``.
+``launcher.start_method=spawn`` starts each rank as a fresh interpreter instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from multiprocessing import forkserver
+
+from launcher.config import TRAINER_MODULE, JobConfig
+from launcher.supervise import fork_server_pid
+
+WARM = "forkserver"
+START_METHODS = (WARM, "spawn")
+# Imported once by the server instead of once per rank.
+_PRELOAD = ("torch", "torch.distributed", "launcher.child")
+_PRELOAD_FOR_MODE = {"torchrun": ("torch.distributed.elastic.multiprocessing.api",)}
+_PRELOAD_FOR_TRAINER = ("trainer.train",)
+
+
+def starts_warm(job: JobConfig) -> bool:
+    """Whether this job's ranks are forked from the fork server.
+
+    Under torchrun's agent only our own targets are: the agent counts a forked rank as finished
+    when its function returns, and waits forever for one that leaves with ``os._exit(0)``, which
+    scripts do to skip a slow teardown. A script under ``launcher=torchrun`` starts in a fresh
+    interpreter; ``launcher=mp_spawn`` starts scripts warm too.
+    """
+    if job.mode.start_method != WARM:
+        return False
+    ours = job.target.kind == "function" or (job.target.kind == "module" and job.target.name == TRAINER_MODULE)
+    return job.mode.name == "mp_spawn" or ours
+
+
+def preload_modules(job: JobConfig) -> list[str]:
+    modules = [*_PRELOAD, *_PRELOAD_FOR_MODE.get(job.mode.name, ())]
+    if job.target.kind == "module" and job.target.name == TRAINER_MODULE:
+        modules.extend(_PRELOAD_FOR_TRAINER)
+    return modules
+
+
+@contextlib.contextmanager
+def warm_start(job: JobConfig) -> Iterator[None]:
+    """Run the job's ranks from a fork server started now, in the environment set for the job;
+    stopped at the end so that the next job (a sweep's next point, another ``launch()``) gets a
+    server with its own environment."""
+    if not starts_warm(job):
+        yield
+        return
+    stop_server()  # one left by an earlier job in this process would hold that job's environment
+    forkserver.set_forkserver_preload(preload_modules(job))
+    with tempfile.TemporaryDirectory(prefix="launcher-warm-") as empty:
+        # The server (``python -c``) searches its working directory first: started in an empty
+        # one, a user's launcher.py or torch.py cannot replace what it preloads. Each rank then
+        # takes the launcher's working directory and sys.path, as multiprocessing prepares it.
+        here = os.getcwd()
+        os.chdir(empty)
+        try:
+            forkserver.ensure_running()  # returns at once: the server imports while the launcher works
+        finally:
+            os.chdir(here)
+        try:
+            yield
+        finally:
+            stop_server()
+
+
+def stop_server() -> None:
+    """End the server at once: it holds nothing to save, and its interpreter's teardown with torch
+    loaded would cost the job's end about a second."""
+    server = forkserver._forkserver
+    pid, alive_fd = fork_server_pid(), getattr(server, "_forkserver_alive_fd", None)
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):  # already reaped with the job's processes
+        os.waitpid(pid, 0)
+    if alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+    address = getattr(server, "_forkserver_address", None)
+    if isinstance(address, str) and not address.startswith("\0"):
+        with contextlib.suppress(OSError):
+            os.unlink(address)
+    server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
