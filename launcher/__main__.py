@@ -7,14 +7,18 @@ Kept import-light: ``torch.multiprocessing``'s spawned children import the paren
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from launcher.cli import CommandLineError, help_text, parse_command_line
+from launcher.cli import CommandLineError, help_text, override_key, parse_command_line
 from launcher.errors import CONFIG_ERROR_EXIT_CODE
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -30,6 +34,76 @@ def _main(cfg: DictConfig) -> float | None:
     from launcher.app import run
 
     return run(cfg)
+
+
+# Hydra flags that compose another config (or none, or another way): left to Hydra to report.
+LEFT_TO_HYDRA = ("--info", "--shell-completion", "--hydra-help", "--experimental-rerun",
+                 "--config-path", "--config-name", "--config-dir")
+
+
+def _unknown_key(key: str, compose_without: Callable[[str], Any]) -> str:
+    """``unknown key KEY``, with the key meant (or the keys there are) from the config composed
+    without the override that names it."""
+    from omegaconf import OmegaConf
+
+    parent, _, name = key.rpartition(".")
+    try:
+        node = OmegaConf.select(compose_without(key), parent)
+    except Exception:  # another override fails as well: this one is named first
+        node = None
+    if not OmegaConf.is_dict(node):
+        return f"unknown key {key}"
+    names = [str(child) for child in node]
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return f"unknown key {key}: did you mean {parent}.{close[0]}?"
+    return f"unknown key {key}: {parent} has {', '.join(names)}"
+
+
+def hydra_error_line(error: Exception, compose_without: Callable[[str], Any]) -> str:
+    """What Hydra could not compose, in one line (Hydra prints it over 4 to 12)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return f"{group}={option}: no such option; available: {', '.join(error.options)}"
+    if isinstance(error, OverrideParseException):
+        reason = error.message.strip().splitlines()[0]
+        url = re.search(r"https://\S+", error.message)
+        return f"{error.override}: cannot parse it ({reason})" + (f"; see {url.group()}" if url else "")
+    cause = error.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and "not in struct" in str(cause):
+        return _unknown_key(str(cause.full_key), compose_without)
+    lines = [line.strip().rstrip(".") for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def check_composition(hydra_args: list[str]) -> None:
+    """Compose the config once, as Hydra is about to, so that Hydra's own errors (an unknown group
+    option or key, an override that does not parse) are one line with exit code 2 like any other
+    config error: inside ``hydra.main`` Hydra prints them itself and exits with code 1."""
+    flags = {arg.partition("=")[0] for arg in hydra_args if arg.startswith("--")}
+    if flags & set(LEFT_TO_HYDRA):
+        return
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    overrides = [arg for arg in hydra_args if not arg.startswith("--")]
+    mode = RunMode.MULTIRUN if "--multirun" in flags else RunMode.RUN
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
+        hydra_app = GlobalHydra.instance().hydra
+
+        def compose_without(key: str) -> Any:
+            kept = [item for item in overrides if override_key(item) != key]
+            return hydra_app.compose_config("config", kept, run_mode=mode)
+
+        try:
+            hydra_app.compose_config("config", overrides, run_mode=mode)
+        except Exception as error:
+            print(f"error: {hydra_error_line(error, compose_without)}", file=sys.stderr)
+            sys.exit(CONFIG_ERROR_EXIT_CODE)
 
 
 def _prog() -> str:
@@ -57,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"ddp-launcher {__version__}")
         return
+    check_composition(command.hydra_args)
     sys.argv = [sys.argv[0] if sys.argv else "launcher", *command.hydra_args]
     from launcher.supervise import exit_now_if_agent_stuck
 

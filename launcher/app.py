@@ -21,13 +21,20 @@ from launcher.allocation import Allocation
 from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV, run_target
 from launcher.config import JobConfig, load_job_config, resolved_config
 from launcher.environments import LocalEnvironment, SlurmEnvironment, detect
-from launcher.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, StartFailed
+from launcher.errors import (
+    CONFIG_ERROR_EXIT_CODE,
+    ConfigError,
+    StartFailed,
+    UncheckedConfig,
+    as_config_error,
+)
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
 from launcher.local_store import FILE_STORE_ENV
 from launcher.modes import get_mode
 from launcher.rank_output import LOGS_SUBDIR, log_file_name
 from launcher.submit import SubmitPlan, failure_report, plan_submission
 from launcher.supervise import Interrupted, run_forwarding_signals, supervised
+from launcher.validation import check_config, check_schedule
 from launcher.warm import warm_start
 
 log = logging.getLogger("launcher")
@@ -37,6 +44,8 @@ SLURM_FAILURES_DIR = "failures"
 
 
 def exit_on_config_error(error: ConfigError) -> NoReturn:
+    """The one way a config is refused on the command line: its line (and hint) on stderr, exit
+    code 2, before anything is started or written."""
     print(f"error: {error}", file=sys.stderr)
     if error.hint:
         print(error.hint, file=sys.stderr)
@@ -52,28 +61,42 @@ def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
         if isinstance(job, SubmitPlan):  # submitting: no task of the job has started yet
             check_run_dir(cfg, run_dir, shared=False)
         return job
-    except ConfigError as error:
-        exit_on_config_error(error)
+    except Exception as error:  # whatever a check raised: one line, not a traceback
+        exit_on_config_error(as_config_error(error))
 
 
 def load_checked(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
-    """The job as this environment (a plain machine, a Slurm step) determines it."""
-    environment = detect()
-    if OmegaConf.select(cfg, "launcher.name") == "slurm":
-        if not isinstance(environment, LocalEnvironment):
-            raise ConfigError("launcher", "slurm", "submits a job from outside Slurm; inside an "
-                              "allocation run `srun python -m launcher` (one task per rank)")
-        return plan_submission(cfg, run_dir)
-    if isinstance(environment, SlurmEnvironment):
-        return load_job_config(cfg, run_dir, Allocation.from_slurm(environment))
-    if not isinstance(environment, LocalEnvironment):
-        raise ConfigError(
-            "environment",
-            environment.name,
-            "this process already has a rank (RANK/WORLD_SIZE set by torchrun); run the "
-            "launcher from a plain shell, or run `python -m trainer CONFIG` as the rank directly",
-        )
-    return load_job_config(cfg, run_dir)
+    """The job as this environment (a plain machine, a Slurm step) determines it, every key
+    checked first (``launcher.validation``): the one entry point of validation (command line,
+    sweep point, ``launch()``). Any failure is a ``ConfigError``, even where a check itself
+    raised another exception, so no caller starts a job on a config that was not checked."""
+    try:
+        values = check_config(cfg)
+        environment = detect()
+        if OmegaConf.select(cfg, "launcher.name") == "slurm":
+            if not isinstance(environment, LocalEnvironment):
+                raise ConfigError("launcher", "slurm", "submits a job from outside Slurm; inside an "
+                                  "allocation run `srun python -m launcher` (one task per rank)")
+            plan = plan_submission(cfg, run_dir)
+            check_schedule(values, plan.nodes * plan.tasks_per_node)
+            return plan
+        if isinstance(environment, SlurmEnvironment):
+            job = load_job_config(cfg, run_dir, Allocation.from_slurm(environment))
+        elif isinstance(environment, LocalEnvironment):
+            job = load_job_config(cfg, run_dir)
+        else:
+            raise ConfigError(
+                "environment",
+                environment.name,
+                "this process already has a rank (RANK/WORLD_SIZE set by torchrun); run the "
+                "launcher from a plain shell, or run `python -m trainer CONFIG` as the rank directly",
+            )
+        check_schedule(values, job.world_size)
+        return job
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise UncheckedConfig(error) from error
 
 
 def prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from launcher.allocation import SLURM_TASK_ROLES, Allocation, sbatch_hint
+from launcher.allocation import Allocation, sbatch_hint
 from launcher.child import COLLECTIVE_TIMEOUT_ENV, INIT_TIMEOUT_ENV, LOCAL_RANK_ARG_ENV
 from launcher.devices import cuda_device_index
 from launcher.errors import ConfigError
@@ -40,12 +40,7 @@ from launcher.rank_output import (
     LOGS_SUBDIR,
 )
 from launcher.ranks import RankInfo, rank_info
-from trainer.options import LR_SCALING_RULES, PRECISIONS, PROGRESS_BAR, SCHEDULE_INTERVALS
-from trainer.options import MODES as TRAINER_MODES
 
-MODES = ("torchrun", "mp_spawn", "slurm")
-RENDEZVOUS = ("static", "c10d")
-BACKENDS = ("auto", "nccl", "gloo")
 SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 CPU_PROCESSES_WITHOUT_GPU = 2
 TRAINER_MODULE = "trainer"
@@ -150,22 +145,6 @@ class JobConfig:
         return "cuda" if self.backend == "nccl" else "cpu"
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive_int(key: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise ConfigError(key, value, "must be an integer >= 1")
-    return value
-
-
-def _seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(key, value, "must be a number of seconds > 0")
-    return float(value)
-
-
 # Device nodes a CUDA-capable torch needs: NVIDIA's, WSL2's GPU bridge, and ROCm's (torch.cuda on AMD).
 GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")
 
@@ -181,29 +160,20 @@ def _cuda_device_count() -> int:
 
 
 def _procs_per_node(value: Any, nodes: int, cuda_devices: int) -> tuple[int, ...]:
+    """``gpus`` (auto, a count, or a per-node list: ``launcher.validation``) for each node."""
     if value == "auto":
-        count = cuda_devices or CPU_PROCESSES_WITHOUT_GPU
-        return (count,) * nodes
-    if _is_int(value):
-        return (_positive_int("gpus", value),) * nodes
+        return (cuda_devices or CPU_PROCESSES_WITHOUT_GPU,) * nodes
     if isinstance(value, (list, tuple, ListConfig)):
-        counts = list(value)
-        if len(counts) != nodes:
-            raise ConfigError(
-                "gpus", counts, f"a per-node list needs one entry per node (nodes={nodes})"
-            )
-        if not all(_is_int(count) and count >= 1 for count in counts):
-            raise ConfigError("gpus", counts, "every per-node count must be an integer >= 1")
-        return tuple(counts)
-    raise ConfigError("gpus", value, "allowed: auto, an integer >= 1, or a per-node list like [4,2]")
+        if len(value) != nodes:
+            raise ConfigError("gpus", list(value), f"a per-node list needs one entry per node (nodes={nodes})")
+        return tuple(value)
+    return (value,) * nodes
 
 
 def _backend(requested: Any, local_procs: int, cuda_devices: int, cuda_visible_devices: str | None = None,
              task_local_rank: int | None = None) -> str:
     """``task_local_rank``: this process is a Slurm task that is one rank (its own view of the
     devices, e.g. ``--gpus-per-task=1``); else the node's ``local_procs`` ranks share this view."""
-    if requested not in BACKENDS:
-        raise ConfigError("backend", requested, f"allowed: {', '.join(BACKENDS)}")
     if requested == "auto":
         requested = "nccl" if cuda_devices else "gloo"
     if requested == "nccl":
@@ -228,8 +198,6 @@ def _master_port(value: Any, nodes: int, master_addr: str, hosts_store: bool) ->
             return free_port(master_addr)
         except OSError as err:
             raise ConfigError("master_addr", master_addr, f"cannot bind a port on it ({err})") from err
-    if not _is_int(value) or not 1 <= value <= 65535:
-        raise ConfigError("master_port", value, "allowed: auto or an integer in 1-65535")
     if hosts_store:
         try:
             check_port_free(master_addr, value)
@@ -265,17 +233,13 @@ def _script_args(value: Any) -> tuple[str, ...]:
         except ValueError as err:
             raise ConfigError("script_args", value, f"cannot be split as a shell would ({err}); "
                               "give a list: 'script_args=[--lr,0.1]'") from err
-    if isinstance(value, (list, tuple, ListConfig)):
-        return tuple(str(arg) for arg in value)
-    raise ConfigError("script_args", value, "a list of arguments, or one string split as a shell would")
+    return tuple(str(arg) for arg in value)
 
 
 def _target(cfg: DictConfig, run_dir: Path) -> Target:
     script = cfg.get("script")
     script_args = _script_args(cfg.get("script_args"))
     as_module, no_python = cfg.get("script_module", False), cfg.get("no_python", False)
-    for key, value in (("script_module", as_module), ("no_python", no_python)):
-        _check_bool(key, value)
     if script is None:
         for key, value in (("script_args", list(script_args)), ("script_module", as_module),
                            ("no_python", no_python)):
@@ -302,43 +266,34 @@ def _target(cfg: DictConfig, run_dir: Path) -> Target:
     return Target("script", str(path.resolve()), script_args)
 
 
-def _console_ranks(key: str, value: Any) -> tuple[int, ...] | None:
+def _console_ranks(value: Any) -> tuple[int, ...] | None:
+    """``all`` (None), a rank, or a list of ranks."""
     if value == "all":
         return None
-    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
-    if not values or not all(_is_int(rank) and rank >= 0 for rank in values):
-        raise ConfigError(key, value, "allowed: all, a rank (0), or a list of ranks [0,3]")
-    return tuple(values)
+    return tuple(value) if isinstance(value, (list, tuple, ListConfig)) else (value,)
 
 
-def _mode(cfg: Any) -> ModeConfig:
-    if not isinstance(cfg, DictConfig) or cfg.get("name") not in MODES:
-        name = cfg.get("name") if isinstance(cfg, DictConfig) else cfg
-        raise ConfigError("launcher", name, f"allowed: {', '.join(MODES)}")
+def _mode(cfg: DictConfig) -> ModeConfig:
+    """The launch mode's options, as ``launcher.validation`` allowed each, and how they combine."""
     options = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(options, dict)
     try:
         mode = ModeConfig(**options)
     except TypeError as err:
         raise ConfigError("launcher", options, f"unknown option ({err})") from err
-    if not _is_int(mode.max_restarts) or mode.max_restarts < 0:
-        raise ConfigError("launcher.max_restarts", mode.max_restarts, "must be an integer >= 0")
     if mode.name == "mp_spawn" and mode.max_restarts:
         raise ConfigError("launcher.max_restarts", mode.max_restarts, "restarts need launcher=torchrun")
-    _check_bool("launcher.local_rank_arg", mode.local_rank_arg)
-    if mode.rdzv not in RENDEZVOUS:
-        raise ConfigError("launcher.rdzv", mode.rdzv, f"allowed: {', '.join(RENDEZVOUS)}")
     if mode.name == "mp_spawn" and mode.rdzv != "static":
         raise ConfigError("launcher.rdzv", mode.rdzv, "dynamic rendezvous needs launcher=torchrun")
     return mode
 
 
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6addr]:port``."""
+def split_endpoint(endpoint: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6addr]:port`` as (host, port); None when it is neither."""
     host, sep, port = endpoint.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError("launcher.rdzv_endpoint", endpoint, "allowed: HOST:PORT with a port in 1-65535")
+        return None
     return host, int(port)
 
 
@@ -412,54 +367,21 @@ def _slurm_rank(allocation: Allocation, procs: tuple[int, ...], cfg_gpus: Any, c
     return info
 
 
-def _check_bool(key: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "allowed: true, false")
-
-
 def _check_training_options(cfg: DictConfig, device_type: str) -> None:
-    """The trainer's options, checked here so a typo costs one line, not a started job."""
-    trainer = cfg.get("trainer")
-    if not isinstance(trainer, DictConfig):
-        return
-    mode = trainer.get("mode", "train")
-    if mode not in TRAINER_MODES:
-        raise ConfigError("trainer.mode", mode, f"allowed: {', '.join(TRAINER_MODES)}")
+    """The trainer's options that depend on each other or on the device (what each key allows on
+    its own: ``launcher.validation``), checked here so a mistake costs one line, not a started job."""
+    mode = OmegaConf.select(cfg, "trainer.mode")
     checkpoint = cfg.get("checkpoint")
     if mode == "eval" and (checkpoint is None or not Path(str(checkpoint)).is_file()):
         raise ConfigError("checkpoint", checkpoint, "trainer.mode=eval needs the path of an existing checkpoint")
     if mode == "train" and checkpoint is not None:
         raise ConfigError("checkpoint", checkpoint, "is read by trainer.mode=eval only; to continue "
                           "training from it use resume=PATH")
-    precision = str(trainer.get("precision", 32))
-    if precision not in PRECISIONS:
-        raise ConfigError("trainer.precision", trainer.get("precision"), f"allowed: {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device_type != "cuda":
+    if str(OmegaConf.select(cfg, "trainer.precision")) == "fp16" and device_type != "cuda":
         raise ConfigError("trainer.precision", "fp16", "needs CUDA (backend=nccl); allowed on CPU: 32, bf16")
-    accumulate = trainer.get("accumulate", 1)
-    if not _is_int(accumulate) or accumulate < 1:
-        raise ConfigError("trainer.accumulate", accumulate, "must be an integer >= 1")
-    clip = trainer.get("clip_grad_norm")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
-        raise ConfigError("trainer.clip_grad_norm", clip, "null or a number > 0")
-    for key in ("channels_last", "compile", "tensorboard"):
-        _check_bool(f"trainer.{key}", trainer.get(key, False))
-    every = trainer.get("tensorboard_every_steps", 1)
-    if not _is_int(every) or every < 1:
-        raise ConfigError("trainer.tensorboard_every_steps", every, "must be an integer >= 1")
-    if trainer.get("progress_bar", "auto") not in PROGRESS_BAR:
-        raise ConfigError("trainer.progress_bar", trainer.get("progress_bar"), "allowed: auto, true, false")
-    for key in ("deterministic", "cudnn_benchmark"):
-        _check_bool(key, cfg.get(key, False))
     if cfg.get("deterministic") and cfg.get("cudnn_benchmark"):
         raise ConfigError("cudnn_benchmark", True, "benchmarking picks kernels anew in every run; "
                           "with deterministic=true it must be false")
-    scale_lr = OmegaConf.select(cfg, "optim.scale_lr", default="none")
-    if scale_lr not in LR_SCALING_RULES:
-        raise ConfigError("optim.scale_lr", scale_lr, f"allowed: {', '.join(LR_SCALING_RULES)}")
-    interval = OmegaConf.select(cfg, "sched.interval", default="epoch")
-    if interval not in SCHEDULE_INTERVALS:
-        raise ConfigError("sched.interval", interval, f"allowed: {', '.join(SCHEDULE_INTERVALS)}")
 
 
 # --- the run directory: a rerun never loses an earlier run ------------------------------------------
@@ -512,7 +434,6 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, shared: bool) -> None:
         raise ConfigError("hydra.run.dir", "", "must name a directory (empty would be the current "
                           "directory, mixing the run's files with everything in it)")
     overwrite = cfg.get("overwrite", False)
-    _check_bool("overwrite", overwrite)
     resume = cfg.get("resume")
     if overwrite and resume is not None:
         raise ConfigError("overwrite", True, f"replaces the run directory's earlier run, resume={resume} "
@@ -658,20 +579,23 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
     ``slurm_task=node`` each task is one node's launcher, starting that node's ranks itself.
     """
     role = cfg.get("slurm_task", "rank")
-    if role not in SLURM_TASK_ROLES:
-        raise ConfigError("slurm_task", role, f"allowed: {', '.join(SLURM_TASK_ROLES)}")
     if allocation is not None and role == "node" and set(allocation.tasks_per_node) != {1}:
         raise ConfigError("slurm_task", role, f"one launcher per node needs one task per node, this "
                           f"step has SLURM_TASKS_PER_NODE={allocation.tasks_spec}",
                           sbatch_hint(allocation.nodes, (1,) * allocation.nodes, "node", False))
-    nodes = _from_allocation("nodes", cfg.get("nodes"), 1, allocation)
-    nodes = _positive_int("nodes", nodes)
-    node_rank = _from_allocation("node_rank", cfg.get("node_rank"), 0, allocation)
-    if not _is_int(node_rank) or not 0 <= node_rank < nodes:
-        raise ConfigError("node_rank", node_rank, f"allowed: auto or an integer in [0, {nodes}) for nodes={nodes}")
     mode = _mode(cfg.get("launcher"))
+    nodes = _from_allocation("nodes", cfg.get("nodes"), 1, allocation)
+    # Outside Slurm, auto is node 0 on every machine. (master_addr=auto, 127.0.0.1, is kept: nodes
+    # on one machine need no other, and a node elsewhere names the store it cannot reach.)
+    if cfg.get("node_rank") == "auto" and allocation is None and nodes > 1 and mode.rdzv == "static":
+        raise ConfigError("node_rank", "auto", f"with nodes={nodes} outside Slurm each machine needs its "
+                          f"own index: node_rank=0 where master_addr is, 1 to {nodes - 1} on the others "
+                          "(or launcher.rdzv=c10d, which numbers the nodes as they join)")
+    node_rank = _from_allocation("node_rank", cfg.get("node_rank"), 0, allocation)
+    if not 0 <= node_rank < nodes:
+        raise ConfigError("node_rank", node_rank, f"allowed: auto or an integer in [0, {nodes}) for nodes={nodes}")
     gpus = cfg.get("gpus")
-    if mode.rdzv == "c10d" and not (_is_int(gpus) or gpus == "auto"):
+    if mode.rdzv == "c10d" and isinstance(gpus, (list, ListConfig)):
         raise ConfigError("gpus", gpus, "with launcher.rdzv=c10d nodes get their rank as they "
                           "join: give each node its own count (gpus=2 on one, gpus=1 on another)")
     needs_cuda_probe = gpus == "auto" or cfg.get("backend") in ("auto", "nccl")
@@ -687,14 +611,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
     slurm_rank = (_slurm_rank(allocation, procs, gpus, backend == "nccl", mode)
                   if slurm_ranks else None)
     _check_training_options(cfg, "cuda" if backend == "nccl" else "cpu")
-    init_timeout = _seconds("init_timeout", cfg.get("init_timeout"))
-    collective_timeout = _seconds("collective_timeout", cfg.get("collective_timeout"))
-    seed = cfg.get("seed")
-    if not _is_int(seed) or seed < 0:
-        raise ConfigError("seed", seed, "must be an integer >= 0")
     dry_run = cfg.get("dry_run")
-    if not isinstance(dry_run, bool):
-        raise ConfigError("dry_run", dry_run, "allowed: true, false")
     master_addr = str(_from_allocation("master_addr", cfg.get("master_addr"), "127.0.0.1", allocation))
     target = _target(cfg, run_dir)
     if mode.local_rank_arg and target.name == TRAINER_MODULE:
@@ -720,7 +637,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         master_port = _master_port(port, nodes, master_addr, hosts_store)
         rdzv_host, rdzv_port, rdzv_key = master_addr, master_port, "master_addr"
     else:
-        rdzv_host, rdzv_port = _split_endpoint(mode.rdzv_endpoint)
+        endpoint = split_endpoint(mode.rdzv_endpoint)
+        assert endpoint is not None  # launcher.validation allows HOST:PORT only
+        rdzv_host, rdzv_port = endpoint
         master_port, rdzv_key = rdzv_port, "launcher.rdzv_endpoint"
     local_addr = _local_addr(cfg.get("local_addr"), rdzv_host, rdzv_key)
     return JobConfig(
@@ -730,9 +649,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         master_addr=master_addr,
         master_port=master_port,
         backend=backend,
-        init_timeout_s=init_timeout,
-        collective_timeout_s=collective_timeout,
-        seed=seed,
+        init_timeout_s=float(cfg.get("init_timeout")),
+        collective_timeout_s=float(cfg.get("collective_timeout")),
+        seed=cfg.get("seed"),
         dry_run=dry_run,
         mode=mode,
         target=target,
@@ -743,8 +662,8 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         # Every node must name the same run: derive it from what they all share.
         rdzv_id=mode.rdzv_id or f"launcher-{rdzv_host}-{rdzv_port}",
         slurm_rank=slurm_rank,
-        console_ranks=_console_ranks("console_ranks", cfg.get("console_ranks", "all")),
-        console_local_ranks=_console_ranks("console_local_ranks", cfg.get("console_local_ranks", "all")),
+        console_ranks=_console_ranks(cfg.get("console_ranks", "all")),
+        console_local_ranks=_console_ranks(cfg.get("console_local_ranks", "all")),
         cuda_devices=cuda_devices,
     )
 

@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, as_config_error
 
 
 def answer_dry_run(job: Any) -> bool:
@@ -34,9 +33,10 @@ def answer_dry_run(job: Any) -> bool:
 
 
 def ends_the_run_on_error(hook: Callable[..., None]) -> Callable[..., None]:
-    """Hydra turns a callback's exception into a warning and carries on. A check that fails in a
-    callback must end the run there: a ``ConfigError`` as its one line and exit code 2, anything
-    else with its traceback and exit code 1."""
+    """Hydra turns a callback's exception into a warning, then creates the run directory and runs
+    the task. A check (or a dry run) that fails in a callback must end the run there, before
+    anything is written: as one line and exit code 2, whatever the exception (one of another
+    kind, say an int where a check expected a string, is still the config's)."""
 
     @functools.wraps(hook)
     def checked(*args: Any, **kwargs: Any) -> None:
@@ -44,11 +44,8 @@ def ends_the_run_on_error(hook: Callable[..., None]) -> Callable[..., None]:
 
         try:
             hook(*args, **kwargs)
-        except ConfigError as error:
-            exit_on_config_error(error)
-        except Exception:
-            traceback.print_exc()
-            sys.exit(1)
+        except Exception as error:
+            exit_on_config_error(as_config_error(error))
 
     return checked
 
@@ -87,20 +84,20 @@ class ValidateBeforeStart(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before the sweeper expands the sweep and its launcher submits the points: one
         ``launcher=slurm`` submission per point is refused (it would end the sweep after the
-        first point); on Slurm (``hydra/launcher=slurm``) every option the plugin hands to
-        submitit is checked, and a dry run prints the sbatch script and submits nothing."""
+        first point); every key the sweep does not vary is checked once, here; on Slurm
+        (``hydra/launcher=slurm``) every option the plugin hands to submitit is checked, and a dry
+        run prints the sbatch script and submits nothing."""
         from launcher import submit
+        from launcher.validation import check_config
 
         HydraConfig.instance().set_config(config)
         if _sweeps_launcher_slurm(config):
             raise ConfigError("launcher", "slurm", submit.SLURM_SWEEP_HINT)
+        check_config(config)  # the sweep's values are checked in each point (app.run)
         if not submit.is_slurm_sweep(config):
             return  # local points: each is checked, and answers dry_run, in app.run
         sweep = submit.check_slurm_sweep(config)
-        dry_run = config.get("dry_run")
-        if not isinstance(dry_run, bool):
-            raise ConfigError("dry_run", dry_run, "allowed: true, false")
-        if dry_run:
+        if config.dry_run:
             print(sweep.describe(submit.sweep_points(config)), flush=True)
             sys.exit(0)
 

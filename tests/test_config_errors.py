@@ -1,4 +1,6 @@
-"""Bad configuration: one line naming the key, exit code 2, nothing started, nothing written."""
+"""Bad configuration on the real command line: one line naming the key, exit code 2, nothing
+started, nothing written. What each key allows is tested in-process (tests/test_validation.py);
+these cases prove the command-line path: Hydra's callback, Hydra's own errors, dry runs."""
 
 import socket
 
@@ -10,41 +12,20 @@ from tests.conftest import assert_ok
 
 BAD = [
     (["nodes=0"], "nodes=0"),
-    (["gpus=0"], "gpus=0"),
-    (["gpus=[2,1]"], "gpus=[2, 1]"),
-    (["nodes=2", "node_rank=2", "master_port=29500"], "node_rank=2"),
-    (["node_rank=-1"], "node_rank=-1"),
-    (["backend=nccl"], "backend='nccl'"),
-    (["backend=mpi"], "backend='mpi'"),
-    (["master_port=70000"], "master_port=70000"),
-    (["master_port=0"], "master_port=0"),
-    (["nodes=2", "master_port=auto"], "master_port='auto'"),
-    (["init_timeout=0"], "init_timeout=0"),
-    (["collective_timeout=-5"], "collective_timeout=-5"),
-    (["script=/no/such/train.py"], "script='/no/such/train.py'"),
-    (["resume=/no/such/last.pt"], "resume='/no/such/last.pt'"),
-    (["launcher.max_restarts=-1"], "launcher.max_restarts=-1"),
-    (["trainer.precision=fp16"], "trainer.precision='fp16': needs CUDA"),
-    (["trainer.precision=16"], "trainer.precision=16"),
-    (["trainer.accumulate=0"], "trainer.accumulate=0"),
-    (["trainer.clip_grad_norm=-1"], "trainer.clip_grad_norm=-1"),
-    (["trainer.mode=eval"], "checkpoint=None: trainer.mode=eval needs the path of an existing checkpoint"),
-    (["trainer.mode=predict"], "trainer.mode='predict'"),
-    (["checkpoint=/no/such/last.pt"], "checkpoint='/no/such/last.pt': is read by trainer.mode=eval only"),
-    (["deterministic=true", "cudnn_benchmark=true"], "cudnn_benchmark=True"),
-    (["optim.scale_lr=cubic"], "optim.scale_lr='cubic'"),
-    (["sched.interval=batch"], "sched.interval='batch'"),
-    (["trainer.progress_bar=sometimes"], "trainer.progress_bar='sometimes'"),
-    (["trainer.compile=yes"], "trainer.compile='yes'"),
-    (["trainer.tensorboard_every_steps=0"], "trainer.tensorboard_every_steps=0"),
-    (["local_addr=10.254.254.254"], "local_addr='10.254.254.254': is not an address of this machine"),
-    (["socket_ifname=nosuch0"], "socket_ifname='nosuch0': no interface nosuch0"),
-    (["launcher.rdzv=etcd"], "launcher.rdzv='etcd'"),
-    (["launcher=mp_spawn", "+launcher.rdzv=c10d"], "launcher.rdzv='c10d'"),
-    (["launcher.rdzv=c10d", "nodes=2", "gpus=[2,1]", "master_port=29500"], "gpus=[2, 1]"),
-    (["launcher.rdzv=c10d", "nodes=2", "launcher.rdzv_endpoint=nohostport"], "launcher.rdzv_endpoint="),
-    (["nodes=2", "master_port=29500", "master_addr=10.254.254.254"],
-     "master_addr='10.254.254.254': node_rank 0 hosts the rendezvous there"),
+    (["data.batch_size=0"], "data.batch_size=0"),  # read by the trainer only: once a failure in every rank
+    (["trainer.epochs=${nosuch}"], "trainer.epochs='${nosuch}': cannot be resolved"),  # once after .hydra/
+    (["dry_run=true", "launcher.rdzv=c10d", "launcher.rdzv_endpoint=123"],
+     "launcher.rdzv_endpoint=123: allowed: null or HOST:PORT"),  # once a traceback in the callback
+    (["nodes=2", "master_port=29500"], "node_rank='auto': with nodes=2 outside Slurm"),
+]
+# Hydra's own errors: an unknown group option or key, an override that does not parse.
+HYDRA_ERRORS = [
+    (["launcher=nope"], "error: launcher=nope: no such option; available: mp_spawn, slurm, torchrun"),
+    (["data.batchsiz=3"], "error: unknown key data.batchsiz: did you mean data.batch_size?"),
+    (["launcher=mp_spawn", "launcher.rdzv=c10d"],
+     "error: unknown key launcher.rdzv: launcher has name, start_method, shutdown_grace_s, local_rank_arg"),
+    (["trainer.epochs=["], "error: trainer.epochs=[: cannot parse it (no viable alternative at input '[')"),
+    (["-m", "launcher=nope"], "error: launcher=nope: no such option"),
 ]
 
 
@@ -61,6 +42,21 @@ def test_bad_value_is_rejected_before_anything_starts(launcher, overrides, key_t
     launch = launcher.run(*overrides)
     assert_rejected(launch, key_text)
     assert not launch.run_dir.exists(), "a rejected run created its run directory"
+
+
+@pytest.mark.parametrize(("overrides", "line"), HYDRA_ERRORS, ids=[" ".join(o) for o, _ in HYDRA_ERRORS])
+def test_hydra_errors_are_one_line_with_exit_code_2(launcher, overrides, line):
+    launch = launcher.run(*overrides)
+    assert launch.returncode == 2, launch.stderr
+    assert launch.stderr.splitlines() == [launch.stderr.strip()] and launch.stderr.startswith(line), launch.stderr
+    assert not launch.run_dir.exists() and not (launcher.workdir / "multirun").exists()
+
+
+def test_a_sweep_with_a_bad_value_it_does_not_vary_is_refused_once(launcher, tmp_path):
+    sweep = tmp_path / "sweep"
+    launch = launcher.run("-m", "optim.lr=0.1,0.01", "data.batch_size=0", f"hydra.sweep.dir={sweep}")
+    assert_rejected(launch, "data.batch_size=0")
+    assert not sweep.exists()
 
 
 def test_port_in_use_is_named(launcher):
