@@ -585,8 +585,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
                           sbatch_hint(allocation.nodes, (1,) * allocation.nodes, "node", False))
     mode = _mode(cfg.get("launcher"))
     nodes = _from_allocation("nodes", cfg.get("nodes"), 1, allocation)
-    # Outside Slurm, auto is node 0 on every machine. (master_addr=auto, 127.0.0.1, is kept: nodes
-    # on one machine need no other, and a node elsewhere names the store it cannot reach.)
+    # Outside Slurm, auto would make every machine node 0.
     if cfg.get("node_rank") == "auto" and allocation is None and nodes > 1 and mode.rdzv == "static":
         raise ConfigError("node_rank", "auto", f"with nodes={nodes} outside Slurm each machine needs its "
                           f"own index: node_rank=0 where master_addr is, 1 to {nodes - 1} on the others "
@@ -635,6 +634,11 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         if port == "auto" and allocation is not None:
             port = allocation.master_port
         master_port = _master_port(port, nodes, master_addr, hosts_store)
+        if cfg.get("master_addr") == "auto" and allocation is None and nodes > 1:
+            # Every machine would be node 0's address, 127.0.0.1, and wait there until init_timeout.
+            raise ConfigError("master_addr", "auto", f"with nodes={nodes} outside Slurm give node 0's "
+                              "address, the same on every machine (master_addr=127.0.0.1 when "
+                              "every node runs on this machine)")
         rdzv_host, rdzv_port, rdzv_key = master_addr, master_port, "master_addr"
     else:
         endpoint = split_endpoint(mode.rdzv_endpoint)

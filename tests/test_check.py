@@ -77,7 +77,7 @@ def test_one_node_two_ranks(checker, mode):
 
 def test_two_loopback_nodes(checker, tmp_path):
     port = free_port("127.0.0.1")
-    common = ["nodes=2", "gpus=1", f"master_port={port}", "init_timeout=60"]
+    common = ["nodes=2", "gpus=1", "master_addr=127.0.0.1", f"master_port={port}", "init_timeout=60"]
     results = run_nodes(checker, tmp_path, [[*common, f"node_rank={node}"] for node in (0, 1)])
     for node, result in results.items():
         assert result.returncode == 0, f"node {node} failed:\n{result.stderr[-3000:]}"
@@ -91,7 +91,7 @@ def test_two_loopback_nodes(checker, tmp_path):
 @pytest.mark.parametrize("mode", ["torchrun", "mp_spawn"])
 def test_missing_node_is_named_within_init_timeout(checker, mode):
     port = free_port("127.0.0.1")
-    run = checker.run(f"launcher={mode}", "nodes=2", "node_rank=0", f"master_port={port}",
+    run = checker.run(f"launcher={mode}", "nodes=2", "node_rank=0", "master_addr=127.0.0.1", f"master_port={port}",
                       "init_timeout=5", timeout_s=60)
     assert run.returncode == 1, run.stderr[-3000:]
     assert run.elapsed_s < 5 + 15, f"took {run.elapsed_s:.0f}s with init_timeout=5"

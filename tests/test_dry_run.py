@@ -34,7 +34,7 @@ def test_dry_run_mp_spawn_second_node_of_heterogeneous_job(launcher):
 
 
 def test_dry_run_on_each_node_prints_that_nodes_part(launcher):
-    common = ["dry_run=true", "nodes=2", "gpus=2", "master_port=29555"]
+    common = ["dry_run=true", "nodes=2", "gpus=2", "master_addr=127.0.0.1", "master_port=29555"]
     plans = {node: launcher.run(*common, f"node_rank={node}") for node in (0, 1)}
     for node, launch in plans.items():
         assert launch.returncode == 0, launch.stderr

@@ -86,7 +86,7 @@ def test_ctrl_c_while_waiting_for_a_peer_node_stops_within_the_promise(launcher,
     port = free_port("127.0.0.1")
     # node 0 hosts the rendezvous store: once it listens, the node is waiting for its peer
     with running(launcher, lambda: is_listening(port), "the rendezvous store", f"launcher={mode}",
-                 "nodes=2", "node_rank=0", f"master_port={port}", "init_timeout=300", "gpus=1") as proc:
+                 "nodes=2", "node_rank=0", "master_addr=127.0.0.1", f"master_port={port}", "init_timeout=300", "gpus=1") as proc:
         elapsed = stop_and_time(proc, signal.SIGINT)
     assert proc.returncode == 128 + signal.SIGINT
     assert elapsed < STOP_PROMISE_S, f"stopped {elapsed:.1f}s after Ctrl-C"
@@ -144,7 +144,7 @@ def test_unreachable_master_fails_within_the_init_timeout(launcher, mode):
     node waited about 1.8 x init_timeout."""
     init_timeout = 20
     port = free_port("127.0.0.1")  # nothing listens there
-    launch = launcher.run(f"launcher={mode}", "nodes=2", "node_rank=1", f"master_port={port}",
+    launch = launcher.run(f"launcher={mode}", "nodes=2", "node_rank=1", "master_addr=127.0.0.1", f"master_port={port}",
                           f"init_timeout={init_timeout}", "gpus=1", timeout_s=120)
     assert launch.returncode == 1, launch.stderr
     # start-up (torch import, a rank) takes ~3-5 s on 2 cores; torch's retry alone would add ~0.8 x

@@ -15,7 +15,7 @@ MODES = ["torchrun", "mp_spawn"]
 def loopback_nodes(launcher, tmp_path, gpus, *overrides, timeout_s=120):
     """Two nodes on 127.0.0.1: the same command, another node_rank."""
     port = free_port("127.0.0.1")
-    common = ["nodes=2", f"gpus={gpus}", f"master_port={port}", *overrides]
+    common = ["nodes=2", f"gpus={gpus}", "master_addr=127.0.0.1", f"master_port={port}", *overrides]
     results = run_nodes(launcher, tmp_path, [[*common, f"node_rank={node}"] for node in (0, 1)],
                         timeout_s=timeout_s)
     return {node: (r.returncode, r.stderr, r.job_id) for node, r in results.items()}
@@ -60,7 +60,7 @@ def test_rank_crash_on_node_1_fails_both_nodes(launcher, tmp_path, mode):
                                                 ("mp_spawn", "only 2 of 4 ranks joined")])
 def test_node_that_never_joins_fails_the_others_within_init_timeout(launcher, mode, expected):
     port = free_port("127.0.0.1")
-    launch = launcher.run(f"launcher={mode}", "nodes=2", "node_rank=0", f"master_port={port}",
+    launch = launcher.run(f"launcher={mode}", "nodes=2", "node_rank=0", "master_addr=127.0.0.1", f"master_port={port}",
                           "init_timeout=5", timeout_s=60)
     assert launch.returncode == 1, launch.stderr
     assert launch.elapsed_s < 5 + 15, f"took {launch.elapsed_s:.0f}s with init_timeout=5"
