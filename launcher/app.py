@@ -52,17 +52,33 @@ def exit_on_config_error(error: ConfigError) -> NoReturn:
     sys.exit(CONFIG_ERROR_EXIT_CODE)
 
 
-def validated_job(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
-    """The job, or a one-line error and exit code 2 before anything is started or written."""
+# A single run's job as ValidateBeforeStart checked it, for Hydra's task function to take over:
+# one check, one port pick, one CUDA probe per run. Keyed by run directory and config.
+_checked_before_start: dict[str, JobConfig | SubmitPlan] = {}
+
+
+def _run_key(cfg: DictConfig, run_dir: Path) -> str:
+    without_hydra = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    return f"{run_dir.absolute()}\n{OmegaConf.to_yaml(without_hydra)}"
+
+
+def validated_job(cfg: DictConfig, run_dir: Path, keep: bool = False) -> JobConfig | SubmitPlan:
+    """The job, or a one-line error and exit code 2 before anything is started or written.
+    ``keep``: the callback's check, handed to the task function's call for the same config."""
     from launcher.config import check_run_dir
 
+    key = _run_key(cfg, run_dir)
+    if not keep and key in _checked_before_start:
+        return _checked_before_start.pop(key)
     try:
         job = load_checked(cfg, run_dir)
         if isinstance(job, SubmitPlan):  # submitting: no task of the job has started yet
             check_run_dir(cfg, run_dir, shared=False)
-        return job
     except Exception as error:  # whatever a check raised: one line, not a traceback
         exit_on_config_error(as_config_error(error))
+    if keep:
+        _checked_before_start[key] = job
+    return job
 
 
 def load_checked(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
@@ -230,8 +246,8 @@ class JobFailed(RuntimeError):
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Hydra's task function (a single run was already validated by ``ValidateBeforeStart``);
-    returns the objective for sweepers."""
+    """Hydra's task function (a single run was already validated by ``ValidateBeforeStart``, and
+    its job is reused here); returns the objective for sweepers."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

@@ -76,7 +76,7 @@ class ValidateBeforeStart(Callback):
         from launcher.app import validated_job
 
         HydraConfig.instance().set_config(config)
-        job = validated_job(config, Path(str(config.hydra.run.dir)).absolute())
+        job = validated_job(config, Path(str(config.hydra.run.dir)).absolute(), keep=True)
         if answer_dry_run(job):
             sys.exit(0)
 

@@ -119,3 +119,28 @@ def test_sampler_shards_are_disjoint_cover_the_data_and_reshuffle_each_epoch(lau
         assert not shards[0] & shards[1], "ranks saw the same sample in one epoch"
         assert shards[0] | shards[1] == set(range(800)), "the epoch did not cover the data set"
     assert seen[0][:400] != seen[0][400:], "same order in both epochs: set_epoch was not called"
+
+
+def test_a_single_run_is_checked_once(tmp_path):
+    """The callback's check is the task's: one validation, one port pick, one CUDA probe."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    program = f"""
+import sys
+import launcher.app as app
+from launcher.__main__ import main
+calls = []
+checked = app.load_checked
+app.load_checked = lambda *args: calls.append(1) or checked(*args)
+sys.argv = ["launcher", "hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=1", "data.dataset.num_samples=256"]
+try:
+    main()
+finally:
+    print("checks:", len(calls))
+"""
+    proc = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "checks: 1"
