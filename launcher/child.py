@@ -288,6 +288,12 @@ def fail_fast(error: BaseException, file_only: int | None = None) -> None:
     os._exit(1)
 
 
+# Blocked in the fork server (launcher.warm): Slurm signals every process of a step (scancel
+# --signal, preemption's SIGTERM), and a server they ended would take the ranks with it (their
+# parent-death signal) before the ranks could checkpoint. A rank unblocks them first thing.
+FORK_SERVER_BLOCKED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def detach_from_fork_server(server_pid: int) -> None:
     """In a rank forked by the launcher's fork server (``launcher.warm``): let go of the server.
 
@@ -306,6 +312,7 @@ def detach_from_fork_server(server_pid: int) -> None:
             os.close(alive_fd)
     server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
     server._inherited_fds = None
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_SERVER_BLOCKED_SIGNALS)
 
 
 def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,

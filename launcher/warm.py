@@ -22,8 +22,9 @@ import os
 import signal
 import tempfile
 from collections.abc import Iterator
-from multiprocessing import forkserver
+from multiprocessing import forkserver, resource_tracker
 
+from launcher.child import FORK_SERVER_BLOCKED_SIGNALS
 from launcher.config import TRAINER_MODULE, JobConfig
 from launcher.supervise import fork_server_pid
 
@@ -72,9 +73,12 @@ def warm_start(job: JobConfig) -> Iterator[None]:
         # takes the launcher's working directory and sys.path, as multiprocessing prepares it.
         here = os.getcwd()
         os.chdir(empty)
+        resource_tracker.ensure_running()  # first: starting it unblocks SIGTERM on the way out
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SERVER_BLOCKED_SIGNALS)
         try:
             forkserver.ensure_running()  # returns at once: the server imports while the launcher works
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             os.chdir(here)
         try:
             yield

@@ -208,7 +208,7 @@ def fake_tools(tmp_path: Path, monkeypatch, **scripts: str) -> None:
         tool = fake_bin / name
         tool.write_text(f"#!/bin/sh\n{body}\n")
         tool.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}:/usr/bin:/bin")
+    monkeypatch.setenv("PATH", str(fake_bin))  # not /usr/bin, where the real Slurm tools are
     for name in ("sacct", "squeue", "scontrol"):
         if name not in scripts:
             assert shutil.which(name, path=str(fake_bin)) is None

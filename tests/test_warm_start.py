@@ -3,11 +3,15 @@ that imported torch once, each still in its own session, a script still ``__main
 argv and globals; ``spawn`` gives each rank a fresh interpreter; nothing outlives the job."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, assert_ok, wait_for_no_leftovers
+from launcher.jobs import parent_pid
+from launcher.supervise import descendants
+from tests.conftest import REPO, assert_ok, wait_for, wait_for_no_leftovers
 from tests.test_api import run_program
 
 PROBE = REPO / "tests" / "scripts" / "warm_probe.py"
@@ -44,3 +48,33 @@ def test_functions_start_warm_in_their_own_session_and_leave_nothing(launcher, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     every = json.loads(proc.stdout.strip().splitlines()[-1])
     assert every == [{"forked": True, "parent_is_launcher": False, "own_session": True}] * 2
+
+
+def test_stop_signals_to_every_process_leave_the_fork_server_to_the_launcher(launcher, tmp_path):
+    """Slurm signals every process of a step (scancel --signal, a preemption's SIGTERM). The fork
+    server must outlive them: ranks whose parent it is would die with it before checkpointing."""
+    proc, job_id = launcher.start("trainer.epochs=1000", "data.dataset.num_samples=2048")
+    try:
+        metrics = launcher.workdir / "run" / "metrics.jsonl"
+
+        def epochs() -> int:
+            return metrics.read_text().count("\n") if metrics.exists() else 0
+
+        wait_for(lambda: epochs() >= 1, 120, "the first epoch")
+        # The launcher's child whose command is the fork server (its forks, the ranks, share it).
+        servers = [pid for pid in descendants(proc.pid) if parent_pid(pid) == proc.pid
+                   and b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(servers) == 1, "the job's ranks come from one fork server"
+        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGTERM):
+            os.kill(servers[0], signum)
+        signalled_at = epochs()
+        wait_for(lambda: epochs() >= signalled_at + 2, 60, "two more epochs after the signals")
+        assert servers[0] in descendants(proc.pid), "the fork server died of a stop signal"
+        proc.send_signal(signal.SIGTERM)  # the launcher stops the job as it would under Slurm
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped every rank" in stderr
+    assert "killed by SIGKILL" not in stderr, "ranks died with the fork server"
+    wait_for_no_leftovers(job_id)
