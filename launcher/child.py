@@ -294,15 +294,9 @@ def fail_fast(error: BaseException, file_only: int | None = None) -> None:
 FORK_SERVER_BLOCKED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def detach_from_fork_server(server_pid: int) -> None:
-    """In a rank forked by the launcher's fork server (``launcher.warm``): let go of the server.
-
-    The server ends when every holder of its lifeline has closed it; a rank (and the DataLoader
-    workers it forks) must not hold it, or a launcher killed with SIGKILL would leave the server,
-    and so the ranks, alive. The rank's parent is the server, so its parent-death signal follows
-    the server (``run_target``'s ``parent``). A rank that starts a fork server of its own gets a
-    fresh one.
-    """
+def forget_fork_server() -> None:
+    """Close this process's end of the fork server's lifeline and drop multiprocessing's record of
+    the server (private fields), so that a later fork server in this process is a fresh one."""
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
@@ -312,6 +306,17 @@ def detach_from_fork_server(server_pid: int) -> None:
             os.close(alive_fd)
     server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
     server._inherited_fds = None
+
+
+def detach_from_fork_server() -> None:
+    """In a rank forked by the launcher's fork server (``launcher.warm``): let go of the server.
+
+    The server ends when every holder of its lifeline has closed it; a rank (and the DataLoader
+    workers it forks) must not hold it, or a launcher killed with SIGKILL would leave the server,
+    and so the ranks, alive. The rank's parent is the server, so its parent-death signal follows
+    the server (``run_target``'s ``parent``).
+    """
+    forget_fork_server()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_SERVER_BLOCKED_SIGNALS)
 
 
@@ -325,7 +330,7 @@ def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,
     (still the subreaper) stops them on Ctrl-C.
     """
     if server_pid is not None:
-        detach_from_fork_server(server_pid)
+        detach_from_fork_server()
     os.setsid()
     os.environ.update(rank_info(procs_per_node, node_rank, local_rank).env())
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
@@ -338,7 +343,7 @@ def run_agent_rank(kind: str, name: str, args: list[str], server_pid: int) -> No
     The agent counts a function rank as finished when it returns: ``sys.exit(0)`` at the end of a
     script is such a return here; any other exit code stays the process's exit code.
     """
-    detach_from_fork_server(server_pid)
+    detach_from_fork_server()
     os.setsid()
     export_node_rank()
     try:

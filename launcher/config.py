@@ -55,6 +55,10 @@ class Target:
     name: str
     args: tuple[str, ...] = ()
 
+    @property
+    def is_trainer(self) -> bool:
+        return self.kind == "module" and self.name == TRAINER_MODULE
+
     def python_args(self) -> list[str]:
         """Arguments after ``python`` that run the target (as torchrun would)."""
         head = ["-m", self.name] if self.kind == "module" else [self.name]
@@ -619,7 +623,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
     resume = cfg.get("resume")
     if resume not in (None, "auto") and not Path(str(resume)).is_file():
         raise ConfigError("resume", resume, "allowed: null, auto, or the path of an existing checkpoint")
-    if target.kind == "module" and target.name == TRAINER_MODULE:  # a script reads its own
+    if target.is_trainer:  # a script reads its own
         _check_checkpoint_files(cfg, run_dir)
     check_run_dir(cfg, run_dir, shared=allocation is not None or nodes > 1)
     if not dry_run:

@@ -24,8 +24,8 @@ import tempfile
 from collections.abc import Iterator
 from multiprocessing import forkserver, resource_tracker
 
-from launcher.child import FORK_SERVER_BLOCKED_SIGNALS
-from launcher.config import TRAINER_MODULE, JobConfig
+from launcher.child import FORK_SERVER_BLOCKED_SIGNALS, forget_fork_server
+from launcher.config import JobConfig
 from launcher.supervise import fork_server_pid
 
 WARM = "forkserver"
@@ -46,13 +46,12 @@ def starts_warm(job: JobConfig) -> bool:
     """
     if job.mode.start_method != WARM:
         return False
-    ours = job.target.kind == "function" or (job.target.kind == "module" and job.target.name == TRAINER_MODULE)
-    return job.mode.name == "mp_spawn" or ours
+    return job.mode.name == "mp_spawn" or job.target.kind == "function" or job.target.is_trainer
 
 
 def preload_modules(job: JobConfig) -> list[str]:
     modules = [*_PRELOAD, *_PRELOAD_FOR_MODE.get(job.mode.name, ())]
-    if job.target.kind == "module" and job.target.name == TRAINER_MODULE:
+    if job.target.is_trainer:
         modules.extend(_PRELOAD_FOR_TRAINER)
     return modules
 
@@ -89,19 +88,15 @@ def warm_start(job: JobConfig) -> Iterator[None]:
 def stop_server() -> None:
     """End the server at once: it holds nothing to save, and its interpreter's teardown with torch
     loaded would cost the job's end about a second."""
-    server = forkserver._forkserver
-    pid, alive_fd = fork_server_pid(), getattr(server, "_forkserver_alive_fd", None)
+    pid = fork_server_pid()
     if pid is None:
         return
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):  # already reaped with the job's processes
         os.waitpid(pid, 0)
-    if alive_fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(alive_fd)
-    address = getattr(server, "_forkserver_address", None)
+    address = getattr(forkserver._forkserver, "_forkserver_address", None)
     if isinstance(address, str) and not address.startswith("\0"):
         with contextlib.suppress(OSError):
             os.unlink(address)
-    server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
+    forget_fork_server()
