@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from launcher.failures import CLEAN_EXIT_PREFIX
 from launcher.local_store import rank_store_path, use_file_store_for_env_rendezvous
@@ -150,7 +151,7 @@ def default_timeouts(report_fd: int) -> None:
     set_timeout = getattr(dist, "set_timeout", None) or distributed_c10d._set_pg_timeout
 
     @functools.wraps(original)
-    def init_process_group(*args: object, **kwargs: object) -> None:
+    def init_process_group(*args: Any, **kwargs: Any) -> None:
         own = signature.bind_partial(*args, **kwargs).arguments.get("timeout")
         if own is None:
             kwargs["timeout"] = timedelta(seconds=float(init_s))
@@ -164,7 +165,8 @@ def default_timeouts(report_fd: int) -> None:
 
     for module in (dist, distributed_c10d, sys.modules.get("torch.distributed.device_mesh")):
         if module is not None and getattr(module, "init_process_group", None) is original:
-            module.init_process_group = init_process_group
+            # setattr: mypy allows no assignment to a module's attributes
+            setattr(module, "init_process_group", init_process_group)  # noqa: B010
 
 
 def connects_to_a_store() -> bool:
@@ -299,7 +301,7 @@ def forget_fork_server() -> None:
     the server (private fields), so that a later fork server in this process is a fresh one."""
     from multiprocessing import forkserver
 
-    server = forkserver._forkserver
+    server: Any = forkserver._forkserver  # private fields, not in its type
     alive_fd = getattr(server, "_forkserver_alive_fd", None)
     if alive_fd is not None:
         with contextlib.suppress(OSError):

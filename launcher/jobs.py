@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures
 from launcher.rank_output import LOGS_SUBDIR
@@ -256,7 +256,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # a half-written or foreign file: status still answers
         return {}
-    return loaded if isinstance(loaded, dict) else {}
+    return cast("dict[str, Any]", loaded) if isinstance(loaded, dict) else {}
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -311,7 +311,7 @@ def progress(run_dir: Path, config: dict[str, Any], running: bool) -> Progress |
     record = last_metrics(run_dir)
     if record is None:
         return None
-    trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
+    trainer = config["trainer"] if isinstance(config.get("trainer"), dict) else {}
     epochs = trainer.get("epochs") if isinstance(trainer.get("epochs"), int) else None
     done = int(record["epoch"]) + 1
     result = Progress(done, epochs, record.get("val_loss"), record.get("val_acc"), record.get("samples_per_s"))

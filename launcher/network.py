@@ -83,7 +83,7 @@ def _ipv4_address_of(interface: str) -> str | None:
 
 def _ipv6_addresses() -> dict[str, str]:
     """Interface per IPv6 address, from /proc/net/if_inet6."""
-    found = {}
+    found: dict[str, str] = {}
     try:
         lines = Path("/proc/net/if_inet6").read_text().splitlines()
     except OSError:
@@ -98,6 +98,7 @@ def _ipv6_addresses() -> dict[str, str]:
 def interface_of(address: str) -> str | None:
     """The network interface that carries ``address`` on this machine (Linux), if any."""
     resolved = socket.getaddrinfo(address, None)[0][4][0]
+    assert isinstance(resolved, str)  # an IPv4 or IPv6 sockaddr starts with the host
     if ":" in resolved:
         return _ipv6_addresses().get(resolved)
     for _, name in socket.if_nameindex():

@@ -15,6 +15,7 @@ the stop signals the launcher sends the job and is stdlib-only (it runs before t
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import selectors
@@ -23,6 +24,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import cast
 
 LOG_DIR_ENV = "LAUNCHER_LOG_DIR"
 CONSOLE_RANKS_ENV = "LAUNCHER_CONSOLE_RANKS"  # "all" or comma-separated global ranks
@@ -194,8 +196,9 @@ def capture_rank_output(rank: int, local_rank: int, attempt: int) -> int | None:
     os.close(out_write)
     os.close(err_write)
     # Python chose block buffering for a non-terminal stdout at start-up; lines should reach the
-    # console as they are printed.
+    # console as they are printed. (Typed TextIO: at start-up they are TextIOWrapper; a replaced
+    # stream without reconfigure raises AttributeError.)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(line_buffering=True)
+            cast(io.TextIOWrapper, stream).reconfigure(line_buffering=True)
     return file_only_write

@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -138,7 +138,8 @@ def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
     extra = slurm.get("extra") or {}
     if not isinstance(extra, DictConfig) and extra != {}:
         raise ConfigError("slurm.extra", extra, "a mapping of extra sbatch options, e.g. {exclusive: true}")
-    extra_options = OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else {}
+    extra_options = (cast("dict[str, Any]", OmegaConf.to_container(extra, resolve=True))
+                     if isinstance(extra, DictConfig) else {})
     assert isinstance(extra_options, dict)
     check_sbatch_options("slurm.extra", extra_options)
     for name, value in extra_options.items():
@@ -372,7 +373,7 @@ def check_slurm_sweep(cfg: DictConfig) -> SweepSubmission:
     (``hydra.launcher``, resolved as the plugin resolves it)."""
     submission_from_config(cfg)
     check_sbatch_option("hydra.sweep.dir", str(cfg.hydra.sweep.dir))
-    options = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    options = cast("dict[str, Any]", OmegaConf.to_container(cfg.hydra.launcher, resolve=True))
     assert isinstance(options, dict)
     options.pop("_target_", None)
     check_sbatch_options("hydra.launcher", options)

@@ -80,7 +80,7 @@ class WarmupCosineLR(LRScheduler):
         self.warmup_start_factor, self.min_lr_ratio = warmup_start_factor, min_lr_ratio
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         factor = warmup_cosine_factor(self.last_epoch, self.total, self.warmup,
                                       self.warmup_start_factor, self.min_lr_ratio)
         return [base_lr * factor for base_lr in self.base_lrs]
