@@ -18,6 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+import launcher.targets  # noqa: F401  (model=mypkg.MyNet: its config source, before Hydra composes)
 from launcher.cli import CommandLineError, help_text, override_key, parse_command_line
 from launcher.errors import CONFIG_ERROR_EXIT_CODE
 
@@ -65,9 +66,13 @@ def hydra_error_line(error: Exception, compose_without: Callable[[str], Any]) ->
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+    from launcher.targets import PLUGIN_GROUPS
+
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return f"{group}={option}: no such option; available: {', '.join(error.options)}"
+        shown = [name for name in error.options if not name.startswith("_")]  # _loader: a base file
+        plugin = ", or the dotted name of your own class (mypkg.MyNet)" if group in PLUGIN_GROUPS else ""
+        return f"{group}={option}: no such option; available: {', '.join(shown)}{plugin}"
     if isinstance(error, OverrideParseException):
         reason = error.message.strip().splitlines()[0]
         url = re.search(r"https://\S+", error.message)
@@ -94,6 +99,7 @@ def check_composition(hydra_args: list[str]) -> None:
     mode = RunMode.MULTIRUN if "--multirun" in flags else RunMode.RUN
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
         hydra_app = GlobalHydra.instance().hydra
+        assert hydra_app is not None  # set by initialize_config_dir
 
         def compose_without(key: str) -> Any:
             kept = [item for item in overrides if override_key(item) != key]

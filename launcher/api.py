@@ -71,6 +71,7 @@ def _compose(overrides: list[str]) -> tuple[Any, Path]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    import launcher.targets  # noqa: F401  (model=mypkg.MyNet: its config source)
     from launcher.__main__ import CONFIG_DIR
     from launcher.resolvers import run_stamp
 

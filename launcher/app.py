@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from launcher.modes import get_mode
 from launcher.rank_output import LOGS_SUBDIR, log_file_name
 from launcher.submit import SubmitPlan, failure_report, plan_submission
 from launcher.supervise import Interrupted, run_forwarding_signals, supervised
+from launcher.targets import describe_plugins
 from launcher.validation import check_config, check_schedule
 from launcher.warm import warm_start
 
@@ -58,7 +60,7 @@ _checked_before_start: dict[str, JobConfig | SubmitPlan] = {}
 
 
 def _run_key(cfg: DictConfig, run_dir: Path) -> str:
-    without_hydra = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    without_hydra = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
     return f"{run_dir.absolute()}\n{OmegaConf.to_yaml(without_hydra)}"
 
 
@@ -108,6 +110,8 @@ def load_checked(cfg: DictConfig, run_dir: Path) -> JobConfig | SubmitPlan:
                 "launcher from a plain shell, or run `python -m trainer CONFIG` as the rank directly",
             )
         check_schedule(values, job.world_size)
+        if job.target.is_trainer:
+            job = dataclasses.replace(job, plugins=describe_plugins(values))
         return job
     except ConfigError:
         raise
@@ -274,7 +278,7 @@ def run(cfg: DictConfig) -> float | None:
     prepare_run_dir(cfg, job)
     if job.slurm_rank is not None:
         run_as_slurm_rank(job, sweep_point)
-        return
+        return None
     code = launch(job)
     if code and sweep_point:
         failure = job.run_dir / FAILURE_FILE

@@ -28,7 +28,7 @@ from pathlib import Path
 # ~key=value, group/sub=value, key@pkg=value.
 OVERRIDE_KEY = re.compile(r"[+~]*[A-Za-z_][\w./@:-]*")
 MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-GROUPS = ("launcher", "model", "data", "optim", "sched", "hydra")
+GROUPS = ("launcher", "model", "data", "optim", "sched", "loss", "hydra")
 # Keys under these prefixes belong to the user's classes (or Hydra): not checked.
 USER_KEYS = ("model", "data", "optim", "sched", "hydra", "slurm.extra")
 CHECKED_SECTIONS = ("trainer", "slurm", "save")
@@ -465,7 +465,7 @@ EXAMPLES = (
      "{prog} --nnodes=2 --nproc-per-node=8 --node-rank=0 --master-addr=10.0.0.1 "
      "--master-port=29500 train.py --lr 0.1"),
     ("your model and data in the built-in trainer",
-     "{prog} model._target_=mypkg.MyNet data.dataset._target_=mypkg.MyData"),
+     "{prog} model=mypkg.MyNet data=mypkg.MyData +model.width=64"),
     ("submit to Slurm (2 nodes x 4 GPUs)",
      "{prog} launcher=slurm nodes=2 gpus=4 backend=nccl slurm.partition=gpu slurm.time=120"),
     ("a sweep: one job per value", "{prog} -m optim.lr=0.1,0.01"),

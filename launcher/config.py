@@ -16,7 +16,7 @@ import socket
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -105,6 +105,7 @@ class JobConfig:
     console_ranks: tuple[int, ...] | None = None  # None: every rank's output on the console
     console_local_ranks: tuple[int, ...] | None = None
     cuda_devices: int = 0  # CUDA devices this process sees (0 where none was looked for)
+    plugins: str | None = None  # the built-in trainer's: what it builds (for the dry run)
 
     @property
     def ranks_from_rendezvous(self) -> bool:
@@ -279,7 +280,7 @@ def _console_ranks(value: Any) -> tuple[int, ...] | None:
 
 def _mode(cfg: DictConfig) -> ModeConfig:
     """The launch mode's options, as ``launcher.validation`` allowed each, and how they combine."""
-    options = OmegaConf.to_container(cfg, resolve=True)
+    options = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(options, dict)
     try:
         mode = ModeConfig(**options)
@@ -347,6 +348,7 @@ def _from_allocation(key: str, value: Any, default: int | str, allocation: Alloc
     if value == "auto":
         return default if fixed is None else fixed
     if fixed is not None and value != fixed:
+        assert allocation is not None  # fixed came from it
         raise ConfigError(key, value, f"Slurm job {allocation.job_id} fixed it to {fixed!r} for this "
                           f"task; use {key}=auto or submit the job to fit")
     return value
@@ -495,11 +497,11 @@ def pickled_dict_keys(data: bytes) -> set[str] | None:
                 result = stack.pop()
                 return set(result.keys) if isinstance(result, _PickledDict) else None
             if name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = stack[-1]
+                memo[cast(int, arg)] = stack[-1]
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo[arg])
+                stack.append(memo[cast(int, arg)])
             elif name in _STRING_OPCODES:
                 stack.append(str(arg))
             elif name == "EMPTY_DICT":
@@ -603,16 +605,16 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
                           "join: give each node its own count (gpus=2 on one, gpus=1 on another)")
     needs_cuda_probe = gpus == "auto" or cfg.get("backend") in ("auto", "nccl")
     cuda_devices = _cuda_device_count() if needs_cuda_probe else 0
-    slurm_ranks = allocation is not None and role == "rank"
-    if slurm_ranks and gpus == "auto":
-        procs = allocation.tasks_per_node
+    rank_allocation = allocation if role == "rank" else None  # each Slurm task is one rank
+    if rank_allocation is not None and gpus == "auto":
+        procs = rank_allocation.tasks_per_node
     else:
         procs = _procs_per_node(gpus, nodes, cuda_devices)
     backend = _backend(cfg.get("backend"), procs[node_rank], cuda_devices,
                        os.environ.get("CUDA_VISIBLE_DEVICES"),
-                       allocation.local_rank if slurm_ranks else None)
-    slurm_rank = (_slurm_rank(allocation, procs, gpus, backend == "nccl", mode)
-                  if slurm_ranks else None)
+                       rank_allocation.local_rank if rank_allocation is not None else None)
+    slurm_rank = (_slurm_rank(rank_allocation, procs, gpus, backend == "nccl", mode)
+                  if rank_allocation is not None else None)
     _check_training_options(cfg, "cuda" if backend == "nccl" else "cpu")
     dry_run = cfg.get("dry_run")
     master_addr = str(_from_allocation("master_addr", cfg.get("master_addr"), "127.0.0.1", allocation))
@@ -678,7 +680,7 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
 
 def resolved_config(cfg: DictConfig, job: JobConfig) -> dict[str, Any]:
     """The config every rank reads: resolved once here (``${now:}`` included), autos filled in."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
     assert isinstance(container, dict)
     container.pop("hydra", None)
     container.update(

@@ -52,6 +52,8 @@ def describe(job: JobConfig) -> str:
             place = (f"node_rank={info.node_rank} local_rank={info.local_rank} rank={info.rank} "
                      f"world_size={info.world_size} master={job.master_addr}:{job.master_port}")
         lines.append(f"  {place} device={_device(job, info.local_rank)}")
+    if job.plugins is not None:
+        lines.append(f"  trainer: {job.plugins}")
     if job.slurm_rank is None:
         lines.append(f"  command: {get_mode(job.mode.name).command_line(job)}")
     else:

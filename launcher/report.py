@@ -91,9 +91,13 @@ def swept_keys(points: list[Point]) -> list[str]:
 
 
 def best_point(points: list[Point]) -> Point | None:
-    """Highest val_acc among completed points, then lowest val_loss."""
-    done = [point for point in points if point.status == "completed" and not math.isnan(point.metric("val_acc"))]
-    return max(done, key=lambda point: (point.metric("val_acc"), -point.metric("val_loss")), default=None)
+    """Highest val_acc among completed points, then lowest val_loss; lowest val_loss where no point
+    computed accuracy (a regression, ``metrics=[]``)."""
+    done = [point for point in points if point.status == "completed" and not math.isnan(point.metric("val_loss"))]
+    if any(not math.isnan(point.metric("val_acc")) for point in done):
+        done = [point for point in done if not math.isnan(point.metric("val_acc"))]
+        return max(done, key=lambda point: (point.metric("val_acc"), -point.metric("val_loss")))
+    return min(done, key=lambda point: point.metric("val_loss"), default=None)
 
 
 def rows(points: list[Point]) -> list[dict[str, str]]:

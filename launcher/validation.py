@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -26,15 +26,19 @@ from launcher.allocation import SLURM_TASK_ROLES
 from launcher.config import MODULE_NAME, split_endpoint
 from launcher.errors import ConfigError
 from launcher.submit import submission_from_config
+from launcher.targets import HYDRA_KEYS, TRAINER_KEYS, check_plugins
 from launcher.warm import START_METHODS
 from trainer.options import (
+    BUILTIN_METRICS,
     CACHE_SCOPES,
+    IMPROVEMENT_MODES,
     LR_SCALING_RULES,
     MATMUL_PRECISIONS,
     PRECISIONS,
     PROGRESS_BAR,
     SCHEDULE_INTERVALS,
     WORKER_START_METHODS,
+    reported_metrics,
 )
 from trainer.options import MODES as TRAINER_MODES
 
@@ -139,6 +143,8 @@ TEXT = Rule("a non-empty string", _text)
 HOST = Rule("a host name or address", lambda value: _text(value) and not any(c.isspace() for c in value))
 DOTTED_NAME = Rule("a dotted Python name such as mypkg.MyNet",
                    lambda value: isinstance(value, str) and bool(MODULE_NAME.fullmatch(value)))
+QUALIFIED_NAME = Rule("a module and a name in it, such as mypkg.step",
+                      lambda value: DOTTED_NAME.accepts(value) and "." in value)
 INSTANTIABLE = Rule("a mapping with a _target_ (a dotted Python name)",
                     lambda value: isinstance(value, Mapping) and DOTTED_NAME.accepts(value.get("_target_")))
 ENDPOINT = Rule("HOST:PORT with a port in 1-65535",
@@ -156,7 +162,7 @@ COUNT = integer(1)
 HYDRA_CONVERT = choice("none", "partial", "object", "all")  # Hydra's _convert_ of an instantiated node
 
 # Sections: a mapping of their own keys (``trainer=3`` would replace them all).
-SECTIONS = ("launcher", "trainer", "save", "slurm", "data", "model", "optim", "sched")
+SECTIONS = ("launcher", "trainer", "save", "slurm", "data", "model", "optim", "sched", "loss")
 
 # Every config has these keys; the trainer or the launcher reads each of them.
 KEYS: dict[str, Rule] = {
@@ -184,6 +190,11 @@ KEYS: dict[str, Rule] = {
     "resume": NULL | AUTO | Rule("the path of a checkpoint", _text),
     "overwrite": BOOLEAN,
     "checkpoint": NULL | Rule("the path of a checkpoint", _text),
+    "task": NULL | QUALIFIED_NAME,
+    "metrics": AUTO | Rule(
+        f"a list of metrics ({', '.join(BUILTIN_METRICS)} or dotted names of functions), [] for none",
+        lambda value: isinstance(value, list) and all(
+            item in BUILTIN_METRICS or QUALIFIED_NAME.accepts(item) for item in value)),
     "launcher.name": choice(*MODES),
     "trainer.mode": choice(*TRAINER_MODES),
     "trainer.epochs": COUNT,
@@ -200,6 +211,15 @@ KEYS: dict[str, Rule] = {
     "trainer.tensorboard_every_steps": COUNT,
     "save.every_epochs": integer(0),
     "save.every_steps": integer(0),
+    "save.keep_last": COUNT,
+    "save.best.monitor": NULL | Rule("a validation metric such as val_loss or val_acc",
+                                     lambda value: isinstance(value, str) and value.startswith("val_")),
+    "save.best.mode": choice(*IMPROVEMENT_MODES),
+    "trainer.early_stop.monitor": NULL | Rule("a validation metric such as val_loss or val_acc",
+                                              lambda value: isinstance(value, str) and value.startswith("val_")),
+    "trainer.early_stop.mode": choice(*IMPROVEMENT_MODES),
+    "trainer.early_stop.patience": COUNT,
+    "trainer.early_stop.min_delta": number(0),
     "slurm.gpus_per_node": AUTO | integer(0),
     "slurm.max_requeues": integer(0),
     "data.dataset": INSTANTIABLE,
@@ -213,6 +233,7 @@ KEYS: dict[str, Rule] = {
     "data.drop_last": BOOLEAN,
     "data.num_classes": NULL | COUNT,
     "model._target_": DOTTED_NAME,
+    "loss._target_": DOTTED_NAME,
     "optim._target_": DOTTED_NAME,
     "optim.lr": number(0),
     "optim.scale_lr": choice(*LR_SCALING_RULES),
@@ -222,6 +243,9 @@ KEYS: dict[str, Rule] = {
 
 # Keys of some group options only (a launcher mode's, the image data sets'): checked where set.
 IF_SET: dict[str, Rule] = {
+    "model.freeze": Rule("a list of submodule names like [conv1,layer1]",
+                         lambda value: isinstance(value, list) and all(
+                             _text(item) or _is_int(item) for item in value)),
     "launcher.rdzv": choice(*RENDEZVOUS),
     "launcher.rdzv_endpoint": NULL | ENDPOINT,
     "launcher.rdzv_id": NULL | TEXT,
@@ -255,7 +279,7 @@ TARGETS: dict[str, dict[str, dict[str, Rule]]] = {
             "num_classes": integer(1, what="the number of class folders in train_dir, an integer")},
     },
     "model": {
-        "trainer.models.MLP": {"in_features": COUNT, "num_classes": COUNT, "hidden": COUNT,
+        "trainer.models.MLP": {"in_features": AUTO | COUNT, "num_classes": AUTO | COUNT, "hidden": COUNT,
                                "depth": integer(0)},
         "trainer.vision.torchvision_model": {
             "name": Rule("a torchvision model name such as resnet18",
@@ -274,6 +298,8 @@ TARGETS: dict[str, dict[str, dict[str, Rule]]] = {
         "torch.optim.lr_scheduler.StepLR": {"step_size": COUNT, "gamma": number(0, exclusive=True)},
     },
 }
+# The built-in classes whose every argument the table above names: another key is a typo.
+CLOSED_TARGETS = ("trainer.models.MLP", "trainer.data.SyntheticClassification", WARMUP_COSINE)
 # Training samples of the built-in data sets of fixed size (for a schedule's ``total: auto``).
 FIXED_TRAIN_SIZES = {"trainer.vision.CIFAR10Data": 50000, "trainer.vision.MNISTData": 60000}
 
@@ -302,7 +328,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
                                 if OmegaConf.is_config(node) else node)
         except OmegaConfBaseException as error:
             name = str(error.full_key or key)
-            raw = lookup(OmegaConf.to_container(cfg, resolve=False), name)
+            raw = lookup(cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False)), name)
             if isinstance(error, MissingMandatoryValue):
                 raise ConfigError(name, raw, "is required (??? in the config): give it a value") from None
             raise ConfigError(name, raw, f"cannot be resolved ({str(error.msg).splitlines()[0]})") from None
@@ -319,7 +345,7 @@ def _checks(values: Mapping[str, Any]) -> Iterator[tuple[str, Rule, Any]]:
     for node_key, classes in TARGETS.items():
         node = lookup(values, node_key)
         if isinstance(node, Mapping):  # not a null scheduler
-            for name, rule in classes.get(node.get("_target_"), {}).items():
+            for name, rule in classes.get(str(node.get("_target_")), {}).items():
                 if name in node:
                     yield f"{node_key}.{name}", rule, node[name]
 
@@ -335,7 +361,7 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(section_value, Mapping):
             raise ConfigError(section, section_value, f"allowed: a mapping of {section}'s keys "
                               f"({section}.KEY=value sets one)")
-    written = OmegaConf.to_container(cfg, resolve=False)
+    written = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))
 
     def interpolation(key: str) -> str | None:
         raw = lookup(written, key)
@@ -343,8 +369,32 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
 
     for key, rule, value in sorted(_checks(values), key=lambda check: interpolation(check[0]) is not None):
         rule.check(key, value, interpolation(key))
+    _check_closed_targets(values)
+    if values["task"] is not None and values["metrics"] not in ("auto", []):
+        raise ConfigError("metrics", values["metrics"], f"a task (task={values['task']}) returns its "
+                          "metric sums itself: allowed with a task: auto or []")
+    reported = reported_metrics(values["metrics"], values["task"], values["loss"]["_target_"])
+    for key in ("save.best.monitor", "trainer.early_stop.monitor"):
+        monitor = lookup(values, key)
+        if reported is not None and monitor is not None and monitor not in reported:
+            raise ConfigError(key, monitor, f"allowed: null or one of this run's metrics: {', '.join(reported)}")
     submission_from_config(cfg)  # the slurm block: every sbatch option it would submit
+    check_plugins(values)  # last: it may import the user's modules
     return values
+
+
+def _check_closed_targets(values: Mapping[str, Any]) -> None:
+    """A key the built-in class does not take (``+model.widht=64``) is named, not passed on."""
+    for node_key, classes in TARGETS.items():
+        node = lookup(values, node_key)
+        target = node.get("_target_") if isinstance(node, Mapping) else None
+        if target not in CLOSED_TARGETS:
+            continue
+        takes = classes[target]
+        for name in node:
+            if name not in takes and name not in HYDRA_KEYS and name not in TRAINER_KEYS.get(node_key, ()):
+                raise ConfigError(f"{node_key}.{name}", node[name], f"{target} takes no argument "
+                                  f"{name!r} (it takes: {', '.join(takes)})")
 
 
 def train_set_size(dataset: Mapping[str, Any]) -> int | None:
@@ -354,7 +404,7 @@ def train_set_size(dataset: Mapping[str, Any]) -> int | None:
     if target == "trainer.data.SyntheticClassification":
         samples = dataset["num_samples"]
         return samples - int(round(samples * dataset["val_fraction"]))
-    return FIXED_TRAIN_SIZES.get(target)
+    return FIXED_TRAIN_SIZES.get(str(target))
 
 
 def optimizer_steps_per_epoch(values: Mapping[str, Any], world_size: int) -> int | None:

@@ -115,6 +115,19 @@ REJECTED: list[tuple[list[str], str, str]] = [
     # --- save.*, slurm.*
     (["save.every_epochs=-1"], "save.every_epochs", "save.every_epochs=-1"),
     (["save.every_steps=-1"], "save.every_steps", "save.every_steps=-1"),
+    (["save.keep_last=0"], "save.keep_last", "save.keep_last=0: allowed: an integer >= 1"),
+    (["save.best.monitor=acc"], "save.best.monitor", "save.best.monitor='acc': allowed: null or a "
+     "validation metric"),
+    (["save.best.monitor=val_f1"], "save.best.monitor", "save.best.monitor='val_f1': allowed: null or "
+     "one of this run's metrics: val_loss, val_acc"),
+    (["save.best.mode=lowest"], "save.best.mode", "save.best.mode='lowest': allowed: auto, min, max"),
+    (["trainer.early_stop.monitor=val_acc", "metrics=[]"], "trainer.early_stop.monitor",
+     "trainer.early_stop.monitor='val_acc': allowed: null or one of this run's metrics: val_loss"),
+    (["trainer.early_stop.monitor=loss"], "trainer.early_stop.monitor", "allowed: null or a validation metric"),
+    (["trainer.early_stop.mode=up"], "trainer.early_stop.mode", "trainer.early_stop.mode='up'"),
+    (["trainer.early_stop.patience=0"], "trainer.early_stop.patience", "trainer.early_stop.patience=0"),
+    (["trainer.early_stop.min_delta=-0.1"], "trainer.early_stop.min_delta", "trainer.early_stop.min_delta=-0.1"),
+    (["+model.freeze=conv1"], "model.freeze", "model.freeze='conv1': allowed: a list of submodule names"),
     (["slurm.partition=''"], "slurm.partition", "slurm.partition=''"),
     (["slurm.time=0"], "slurm.time", "slurm.time=0"),
     (["slurm.account=''"], "slurm.account", "slurm.account=''"),
@@ -132,6 +145,25 @@ REJECTED: list[tuple[list[str], str, str]] = [
     (["launcher=slurm", "gpus=1", "data.batch_size=0"], "data.batch_size", "data.batch_size=0"),
     # --- model=...
     (["model._target_=1"], "model._target_", "model._target_=1: allowed: a dotted Python name"),
+    (["model._target_=trainer.models.MLPP"], "model._target_",
+     "model._target_='trainer.models.MLPP': cannot be imported: trainer.models has no 'MLPP'"),
+    (["model=nosuchpkg.Net"], "model._target_",
+     "model._target_='nosuchpkg.Net': cannot be imported: no module named 'nosuchpkg'"),
+    (["+model.widht=64"], "model.widht", "model.widht=64: trainer.models.MLP takes no argument 'widht' "
+     "(it takes: in_features, num_classes, hidden, depth)"),
+    (["loss._target_=1"], "loss._target_", "loss._target_=1: allowed: a dotted Python name"),
+    (["loss=torch.nn.MSELosss"], "loss._target_", "loss._target_='torch.nn.MSELosss': cannot be "
+     "imported: torch.nn has no 'MSELosss'"),
+    (["loss=torch.nn.MSELoss", "+loss.reduce_mean=true"], "loss.reduce_mean",
+     "loss.reduce_mean=True: torch.nn.MSELoss takes no argument 'reduce_mean'"),
+    (["task=step"], "task", "task='step': allowed: null or a module and a name in it"),
+    (["task=trainer.tasks.no_such_step"], "task", "task='trainer.tasks.no_such_step': cannot be imported"),
+    (["task=trainer.tasks.Step"], "task", "task='trainer.tasks.Step': must take (model, batch)"),
+    (["metrics=[precision]"], "metrics", "metrics=['precision']: allowed: auto or a list of metrics"),
+    (["metrics=accuracy"], "metrics", "metrics='accuracy': allowed: auto or a list of metrics"),
+    (["metrics=[trainer.tasks.no_such_metric]"], "metrics.0", "cannot be imported"),
+    (["task=trainer.tasks.model_loss", "metrics=[accuracy]"], "metrics",
+     "metrics=['accuracy']: a task (task=trainer.tasks.model_loss) returns its metric sums itself"),
     (["model.in_features=0"], "model.in_features", "model.in_features=0"),
     (["model.num_classes=0"], "model.num_classes", "model.num_classes=0"),
     (["model.hidden=0"], "model.hidden", "model.hidden=0"),
@@ -273,7 +305,8 @@ def leaf_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
 
 def group_options() -> list[list[str]]:
     groups = sorted(path for path in CONFIG_DIR.iterdir() if path.is_dir() and path.name != "hydra")
-    return [[]] + [[f"{group.name}={option.stem}"] for group in groups for option in sorted(group.glob("*.yaml"))]
+    return [[]] + [[f"{group.name}={option.stem}"] for group in groups for option in sorted(group.glob("*.yaml"))
+                   if not option.stem.startswith("_")]  # data/_loader.yaml: the base the others extend
 
 
 def test_every_key_has_a_rejection_case():
@@ -307,3 +340,16 @@ def test_a_callback_that_raises_ends_the_run_with_one_line(capsys):
         hook()
     assert stop.value.code == 2
     assert capsys.readouterr().err == "error: invalid config: could not be checked (TypeError: expected str, got int)\n"
+
+
+def test_shipped_targets_are_the_ones_in_conf():
+    """The targets not imported before start (``launcher.targets.SHIPPED_TARGETS``) are exactly the
+    shipped configs' own: a new config file's class is imported and checked until it is listed."""
+    import re
+
+    from launcher.targets import SHIPPED_TARGETS
+
+    in_conf = {match for path in CONFIG_DIR.rglob("*.yaml")
+               for match in re.findall(r"_target_:\s*([\w.]+)", path.read_text())}
+    in_conf -= {name for name in in_conf if name.startswith("launcher.")}  # Hydra's callbacks
+    assert in_conf == set(SHIPPED_TARGETS)

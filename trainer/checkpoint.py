@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import random
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.files import write_atomic
+from trainer import resume
+from trainer.env import DistEnv
+from trainer.files import link_atomic, write_atomic
 from trainer.logs import get_logger
+from trainer.progress import Progress
 
 log = get_logger("checkpoint")
 
@@ -33,7 +39,7 @@ RNG_SECTIONS = ("torch", "numpy", "python", "cuda")
 
 
 def _numpy_state_bytes() -> torch.Tensor:
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     if name != "MT19937" or len(keys) != _NUMPY_WORDS:
         raise ValueError(f"numpy's global generator is {name} with {len(keys)} words: MT19937 expected")
     raw = (np.asarray(keys, dtype="<u4").tobytes() + np.array([pos, has_gauss], dtype="<i8").tobytes()
@@ -207,7 +213,8 @@ def broadcast_state(state: dict[str, Any] | None, device: torch.device) -> dict[
     dist.broadcast(count, src=0)
     specs = specs.to(device) if dist.get_rank() == 0 else torch.empty(int(count.item()), dtype=torch.int64, device=device)
     dist.broadcast(specs, src=0)
-    numbers, position, received = specs.tolist(), 0, []
+    numbers, position = specs.tolist(), 0
+    received: list[torch.Tensor] = []
     while position < len(numbers):
         dtype, ndim = _DTYPES[numbers[position]], numbers[position + 1]
         shape = numbers[position + 2:position + 2 + ndim]
@@ -276,3 +283,130 @@ def weights_sha256(model: torch.nn.Module) -> str:
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# --- the run's checkpoints -------------------------------------------------------------------------
+
+class Checkpoints:
+    """``DIR/checkpoints``: ``last.pt`` (what a resume reads), ``best.pt`` (``save.best``), and with
+    ``save.keep_last=N`` the N newest as ``step-GLOBALSTEP.pt`` (``last.pt`` another name of the
+    newest). Every name changes in one rename, so a crash leaves the previous checkpoint whole."""
+
+    STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+    def __init__(self, run_dir: Path, keep_last: int = 1) -> None:
+        self.folder = run_dir / "checkpoints"
+        self.keep_last = keep_last
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    def write(self, state: dict[str, Any], global_step: int) -> None:
+        if self.keep_last == 1:
+            save_atomic(state, self.last)
+            return
+        newest = self.folder / f"step-{global_step:09d}.pt"
+        save_atomic(state, newest)
+        link_atomic(newest, self.last)
+        kept = sorted(path for path in self.folder.glob("step-*.pt") if self.STEP_FILE.fullmatch(path.name))
+        for old in kept[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+
+    def mark_best(self) -> None:
+        """The checkpoint just written is also the best one."""
+        link_atomic(self.last, self.best)
+
+
+@dataclass
+class TrainingState:
+    """Everything a checkpoint holds, and the one place that saves and restores it: model,
+    optimizer, schedule, scaler, progress (every rank's own counters), every rank's RNG, and the
+    fingerprint of what the sample order and the schedule came from."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # an LRScheduler, or None
+    scaler: torch.amp.GradScaler
+    fingerprint: dict[str, Any]
+    seed: int
+
+    def state_dict(self, env: DistEnv, progress: Progress, device: torch.device) -> dict[str, Any] | None:
+        """Collective (every rank's RNG state and counters are gathered); the state on rank 0 only."""
+        rng_states = gather_rng_states(device)
+        per_rank = progress.gather_per_rank(device)
+        if not env.is_main:
+            return None
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),  # empty unless fp16
+            "progress": asdict(progress),  # rank 0's; every rank's own counters below
+            "progress_per_rank": per_rank,
+            "rng": rng_states,
+            "world_size": env.world_size,
+            "seed": self.seed,
+            "fingerprint": self.fingerprint,  # what the sample order and the schedule came from
+        }
+
+    def save(self, checkpoints: Checkpoints, env: DistEnv, progress: Progress, device: torch.device,
+             best_only: bool = False) -> None:
+        """Collective; rank 0 writes ``last.pt`` (or, ``best_only``, just ``best.pt``)."""
+        state = self.state_dict(env, progress, device)
+        if state is None:
+            return
+        if best_only:
+            save_atomic(state, checkpoints.best)
+        else:
+            checkpoints.write(state, progress.global_step)
+
+    def restore(self, state: dict[str, Any], env: DistEnv, device: torch.device, sched: Any,
+                steps_per_epoch: int, epochs: int, log: logging.Logger) -> Progress:
+        """Every rank puts the checkpoint's state in place (its own RNG and counters) and returns
+        where the run stands. A checkpoint of another world size restarts its epoch; one of another
+        schedule gets the current settings' schedule at the run's position (with a warning)."""
+        base_lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
+        progress = Progress(**state["progress"])
+        same_world = state["world_size"] == env.world_size
+        if not same_world:
+            # Another world size shards the data differently: a mid-epoch position is
+            # meaningless, so that epoch restarts; exactness is only promised for the same size.
+            log.warning("checkpoint from world size %d, now %d: RNG streams not restored, "
+                        "epoch %d restarts from its beginning", state["world_size"],
+                        env.world_size, progress.epoch)
+            progress = progress.start_epoch(progress.epoch)
+        saved = state.get("fingerprint")
+        schedule_changes: list[str] = []
+        if saved is not None:
+            resume.check_sample_order(saved, self.fingerprint, progress.epoch, progress.step_in_epoch, log)
+            schedule_changes = resume.changed(resume.SCHEDULE_KEYS, saved, self.fingerprint)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if schedule_changes:
+            # The checkpoint's curve was drawn for other settings (its end may be behind us:
+            # lr 0): the current settings' schedule, at the run's position on it.
+            same_intervals = same_world and "optimizer steps per epoch" not in schedule_changes
+            position = (progress.epoch if sched.interval != "step" else
+                        progress.global_step if same_intervals else progress.epoch * steps_per_epoch)
+            self.scheduler = resume.rederive_schedule(sched, self.optimizer, base_lrs, steps_per_epoch,
+                                                      epochs, position)
+            log.warning("resuming with another schedule (%s): the lr schedule is re-derived for "
+                        "the current settings, at interval %d (lr %.4g)",
+                        resume.describe(schedule_changes, saved or {}, self.fingerprint), position,
+                        self.optimizer.param_groups[0]["lr"])
+        elif self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if same_world:
+            set_rng_state(state["rng"][env.rank], device)
+            if "progress_per_rank" in state:  # older checkpoints: rank 0's counters for all
+                progress = progress.with_own(state["progress_per_rank"][env.rank])
+        log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
+                 progress.epoch, progress.step_in_epoch, progress.global_step)
+        return progress

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import itertools
 import json
 import random
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig
 from torch.utils.data import Dataset, DistributedSampler, Sampler, TensorDataset
 
 from trainer.env import DistEnv
@@ -23,17 +27,56 @@ from trainer.logs import get_logger
 log = get_logger("data")
 
 
+@runtime_checkable
+class DataModule(Protocol):
+    """What ``data=mypkg.MyData`` names: ``datasets()`` opens the training and validation sets on
+    every rank; ``prepare()``, if it has one, downloads or generates them first, on the caching
+    rank(s) only (``data.cache_scope``) while the others wait. A function that returns
+    ``(train, val)`` works too (the caching ranks call it first)."""
+
+    def datasets(self) -> tuple[Dataset, Dataset]: ...
+
+
+class Data:
+    """The opened data sets, and the number of classes where the data knows it."""
+
+    def __init__(self, train: Dataset, val: Dataset, num_classes: int | None) -> None:
+        self.train, self.val, self.num_classes = train, val, num_classes
+
+    @classmethod
+    def open(cls, cfg: DictConfig, env: DistEnv) -> Data:
+        """Prepared once per cache scope, behind a barrier that outlasts slow downloads; then every
+        rank opens it."""
+        node, module = cfg.data.dataset, None
+        function = not inspect.isclass(get_object(node._target_))
+        with caching_rank_first(env, cfg.data.cache_scope, cfg.data.prepare_timeout) as caching:
+            if function:
+                splits: Any = instantiate(node)
+            else:
+                module = instantiate(node)
+                if caching and callable(getattr(module, "prepare", None)):
+                    module.prepare()
+        if module is not None:
+            splits = module.datasets()
+        if not (isinstance(splits, (tuple, list)) and len(splits) == 2):
+            raise TypeError(f"data.dataset ({node._target_}) gave {type(splits).__name__}, not "
+                            "(train, val): a data module's datasets() or a data function returns both")
+        num_classes = cfg.data.get("num_classes")
+        if num_classes is None:
+            num_classes = getattr(module, "num_classes", None)
+        return cls(splits[0], splits[1], num_classes)
+
+
 class SyntheticClassification:
     """Deterministic Gaussian-mixture classification (two clusters per class), cached as ``.npz``.
 
-    Any data module with the same two methods plugs in through ``data.dataset._target_``:
-    ``prepare()`` downloads/generates into the cache (called on the caching ranks only) and
-    ``datasets()`` returns ``(train, val)`` read from the cache (called on every rank).
+    A ``DataModule``: ``prepare()`` generates the cache (on the caching ranks only) and
+    ``datasets()`` returns ``(train, val)`` read from it (on every rank).
     """
 
     def __init__(self, root: str, num_samples: int, num_features: int, num_classes: int,
                  noise: float, val_fraction: float, seed: int) -> None:
-        self.params = dict(num_samples=num_samples, num_features=num_features, num_classes=num_classes,
+        self.params: dict[str, Any] = dict(num_samples=num_samples, num_features=num_features, num_classes=num_classes,
                            noise=noise, val_fraction=val_fraction, seed=seed)
         digest = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
         self.cache_path = Path(root) / f"synthetic-{digest}.npz"
@@ -83,7 +126,7 @@ def caching_rank_first(env: DistEnv, scope: str, timeout_s: float) -> Iterator[b
     if not dist.is_initialized() or dist.get_world_size() == 1:
         yield caching
         return
-    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    group = cast(dist.ProcessGroup, dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)))
     if not caching:
         dist.barrier(group=group)
     yield caching

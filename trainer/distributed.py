@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.env import DistEnv
+from trainer.tasks import tensors_in
 
 
 def resolve_backend(requested: str) -> str:
@@ -128,7 +129,7 @@ def all_reduce_scalars(values: list[float], device: torch.device,
     return tensor.tolist()
 
 
-def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> None:
+def settle_gradient_buckets(ddp_model: torch.nn.Module, step: Any, batch: Any) -> None:
     """Run one throw-away backward so DDP fixes its gradient-bucket layout before training.
 
     DDP lays its buckets out anew after the first backward of a process. With more than two ranks
@@ -137,15 +138,19 @@ def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> None:
     rounding. Settling the layout first makes every real step use the same one, in every run.
     The pass is a real training-mode pass (the same graph as a step, so no parameter looks unused)
     whose traces are undone: buffers such as BatchNorm statistics and the RNG are restored, and the
-    gradients (all zero) dropped. Call it once per process.
+    gradients (all zero) dropped. Call it once per process, with the first batch.
+    ``step``: a ``trainer.tasks.Step``; the built-in step's pass sees zeros of the inputs' shape.
     """
-    if not isinstance(example, torch.Tensor):
-        return  # a model taking structured inputs keeps DDP's default behaviour
+    example = step.example_input(batch)
+    device = next((tensor.device for tensor in tensors_in(batch)), torch.device("cpu"))
     buffers = [buffer.detach().clone() for buffer in ddp_model.buffers()]
     rng = torch.get_rng_state()
-    # Only the example's own device: get/set_rng_state_all would create a context on every GPU.
-    cuda_rng = torch.cuda.get_rng_state(example.device) if example.device.type == "cuda" else None
-    output = ddp_model(torch.zeros_like(example))
+    # Only the batch's own device: get/set_rng_state_all would create a context on every GPU.
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    if isinstance(example, torch.Tensor):
+        output = ddp_model(torch.zeros_like(example))
+    else:  # the user's step, on the batch itself
+        output = step.training_loss(ddp_model, batch)[0]
     (output.float().sum() * 0).backward()
     with torch.no_grad():
         for buffer, saved in zip(ddp_model.buffers(), buffers, strict=True):
@@ -154,4 +159,4 @@ def settle_gradient_buckets(ddp_model: torch.nn.Module, example: Any) -> None:
         parameter.grad = None
     torch.set_rng_state(rng)
     if cuda_rng is not None:
-        torch.cuda.set_rng_state(cuda_rng, example.device)
+        torch.cuda.set_rng_state(cuda_rng, device)

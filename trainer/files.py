@@ -54,6 +54,19 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     fsync_directory(path.parent)
 
 
+def link_atomic(source: Path, path: Path) -> None:
+    """``path`` becomes another name of ``source``'s file (a hard link, no copy), replacing what
+    was there in one rename: a reader sees the old file or the new one."""
+    tmp = temporary_path(path)
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda file: file.write(text.encode()))
 

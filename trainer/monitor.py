@@ -105,8 +105,9 @@ class Monitor:
             self.bar = None
         self._write_record(record)
         if self.writer is not None:
-            for key in ("train_loss", "val_loss", "val_acc", "samples_per_s"):
-                self.writer.add_scalar(f"epoch/{key}", record[key], record["global_step"])
+            for key, value in record.items():  # the losses, the configured metrics, samples/s
+                if key not in ("epoch", "global_step", "lr"):
+                    self.writer.add_scalar(f"epoch/{key}", value, record["global_step"])
             self.writer.flush()
 
     def close(self) -> None:

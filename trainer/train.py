@@ -8,31 +8,31 @@ launcher can start it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from trainer import checkpoint, resume
+from trainer.batches import on_device
+from trainer.checkpoint import Checkpoints, TrainingState
 from trainer.curves import plot_curves
 from trainer.data import (
+    Data,
     ResumableDistributedSampler,
     SeededBatches,
     SeededBatchSampler,
     ShardSampler,
-    caching_rank_first,
 )
 from trainer.distributed import (
     all_reduce_scalars,
@@ -45,8 +45,10 @@ from trainer.distributed import (
     settle_gradient_buckets,
 )
 from trainer.env import DistEnv
-from trainer.files import write_text_atomic
+from trainer.evaluation import evaluate, metrics_text
+from trainer.improvement import Improvement
 from trainer.logs import setup_logging
+from trainer.models import freeze, keep_eval_mode, trainable
 from trainer.monitor import Monitor, SilentMonitor
 from trainer.options import MODES
 from trainer.precision import MixedPrecision
@@ -58,87 +60,10 @@ from trainer.preemption import (
     ignore_stop_signals,
     requeue_this_job,
 )
+from trainer.progress import Progress, UnreadLosses
 from trainer.schedules import build_optimizer, build_scheduler
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0  # micro-batches already taken in `epoch` (the sampler's position)
-    global_step: int = 0
-    epoch_loss_sum: float = 0.0  # this rank's loss x samples in `epoch` (up to the last UnreadLosses.read)
-    epoch_samples: int = 0
-    epoch_time_s: float = 0.0  # this rank's training time in `epoch` (evaluation excluded)
-    train_time_s: float = 0.0
-    train_samples: int = 0  # this rank's samples over the whole run
-    first_step_unix_s: float = 0.0  # when this rank finished its first optimizer step
-
-    def start_epoch(self, epoch: int) -> Progress:
-        """The same run, at the beginning of ``epoch``: the epoch-local counters start over."""
-        return replace(self, epoch=epoch, step_in_epoch=0, epoch_loss_sum=0.0, epoch_samples=0,
-                       epoch_time_s=0.0)
-
-    def add_time(self, seconds: float) -> None:
-        self.epoch_time_s += seconds
-        self.train_time_s += seconds
-
-    # The counters that differ between ranks: each rank's own are checkpointed (one row per rank).
-    PER_RANK = ("epoch_loss_sum", "epoch_samples", "epoch_time_s", "train_time_s", "train_samples",
-                "first_step_unix_s")
-
-    def gather_per_rank(self, device: torch.device) -> torch.Tensor:
-        """Every rank's own counters, a float64 row per rank (collective)."""
-        mine = torch.tensor([float(getattr(self, name)) for name in self.PER_RANK], dtype=torch.float64,
-                            device=device)
-        rows = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-        dist.all_gather(rows, mine)
-        return torch.stack(rows).cpu()
-
-    def with_own(self, row: torch.Tensor) -> Progress:
-        """This progress with this rank's own counters from its checkpointed row."""
-        values = row.tolist()
-        return replace(self, **{name: type(getattr(self, name))(value)
-                                for name, value in zip(self.PER_RANK, values, strict=True)})
-
-
-class UnreadLosses:
-    """This rank's training losses, kept on the device until the host reads them.
-
-    Reading a device tensor (``loss.item()``) waits for every kernel queued before it: once per
-    micro-batch, that would leave the GPU idle while the host prepares the next step. So each
-    micro-batch's loss stays on the device as it is (one scalar each), and `read` brings the
-    unread ones over in one transfer: at the logging interval (``trainer.log_every_steps``),
-    before a checkpoint and at the epoch's end. The host then adds them up as Python floats in the
-    order they came, so the epoch's sum is the very number that reading each loss at once gives.
-    """
-
-    def __init__(self) -> None:
-        self.unread: list[tuple[torch.Tensor, int, float]] = []  # (loss, samples, lr) per micro-batch
-        self.charted: list[tuple[int, int]] = []  # (global step, index in unread) for TensorBoard
-
-    def add(self, loss: torch.Tensor, samples: int, lr: float) -> None:
-        """A micro-batch's mean loss over ``samples``, and the lr its optimizer step uses."""
-        self.unread.append((loss.detach(), samples, lr))
-
-    def chart(self, global_step: int) -> None:
-        """TensorBoard charts the last micro-batch's loss and lr as this optimizer step's."""
-        self.charted.append((global_step, len(self.unread) - 1))
-
-    def read(self, progress: Progress, monitor: Monitor) -> float:
-        """One transfer: the losses added into ``progress``, the charted ones and the last one to
-        ``monitor``; returns the last micro-batch's loss (nan when none came since the last read)."""
-        if not self.unread:
-            return math.nan
-        values = torch.stack([loss for loss, _, _ in self.unread]).tolist()
-        for value, (_, samples, _) in zip(values, self.unread, strict=True):
-            progress.epoch_loss_sum += value * samples
-        charted = [(step, values[index], self.unread[index][2]) for step, index in self.charted]
-        monitor.losses_read(charted, values[-1], self.unread[-1][2])
-        self.unread.clear()
-        self.charted.clear()
-        return values[-1]
+from trainer.summary import evaluation_summary, training_summary, write_summary
+from trainer.tasks import Step
 
 
 @dataclass
@@ -172,54 +97,26 @@ def started(cfg: DictConfig) -> Iterator[Worker]:
         yield Worker(env, run_dir, log, backend, device)
 
 
-def prepare_data(cfg: DictConfig, env: DistEnv) -> tuple[Dataset, Dataset]:
-    """Prepared (downloaded, generated) once per cache scope, behind a barrier that outlasts slow
-    downloads; then every rank opens the cache."""
-    data_module = instantiate(cfg.data.dataset)
-    with caching_rank_first(env, cfg.data.cache_scope, cfg.data.prepare_timeout) as caching:
-        if caching:
-            data_module.prepare()
-    return data_module.datasets()
+# Model arguments that may say ``auto``: taken from the data (``model=mlp`` with any data set).
+SIZES_FROM_DATA = ("in_features", "num_classes")
+TRAINER_KEYS = ("freeze",)  # model.freeze is the trainer's, not the model's constructor's
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    model = instantiate(cfg.model).to(device)
+def build_model(cfg: DictConfig, device: torch.device, data: Data) -> torch.nn.Module:
+    node = OmegaConf.masked_copy(cfg.model, [key for key in cfg.model if key not in TRAINER_KEYS])
+    sizes = {key: node[key] for key in SIZES_FROM_DATA if node.get(key) == "auto"}
+    if "in_features" in sizes:  # one sample's inputs, flattened (a validation sample: its transform
+        sample = data.val[0]      # draws no random numbers, and the training stream stays untouched)
+        sizes["in_features"] = (sample[0] if isinstance(sample, (tuple, list)) else sample).numel()
+    if "num_classes" in sizes:
+        if data.num_classes is None:
+            raise ValueError("model.num_classes=auto: the data does not say how many classes it has "
+                             "(no data.num_classes, no num_classes attribute): set model.num_classes=N")
+        sizes["num_classes"] = data.num_classes
+    model = instantiate(node, **sizes).to(device)
     if cfg.trainer.channels_last:  # NHWC: faster convolutions on tensor cores and oneDNN
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def to_device(tensor: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    if channels_last and tensor.dim() == 4:
-        return tensor.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return tensor.to(device, non_blocking=True)
-
-
-def on_device(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-              channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The loader's ``(inputs, targets)`` on ``device``, each batch's copy overlapping the compute
-    of the batch before it.
-
-    On CUDA the batch (pinned by the loader) is copied asynchronously on a side stream, and the
-    compute stream waits for that copy only where it reaches the batch: as the step loop never waits
-    for the GPU, the host queues batch k+1's copy while the GPU still computes batch k, one batch
-    ahead. The loader itself is not read ahead: a batch fetched before the step in front of it is
-    checkpointed would have drawn its augmentation (without workers, from this process's RNG)
-    before the RNG state the checkpoint saves, and a resumed run would augment it differently.
-    On CPU there is nothing to copy: the batches pass through in the loader's order.
-    """
-    if device.type != "cuda":
-        for inputs, targets in loader:
-            yield to_device(inputs, device, channels_last), to_device(targets, device, False)
-        return
-    copies, compute = torch.cuda.Stream(device), torch.cuda.current_stream(device)
-    for inputs, targets in loader:
-        with torch.cuda.stream(copies):
-            batch = to_device(inputs, device, channels_last), to_device(targets, device, False)
-        compute.wait_stream(copies)
-        for tensor in batch:
-            tensor.record_stream(compute)  # its memory is reused only once the compute stream is done
-        yield batch
 
 
 def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
@@ -257,71 +154,18 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
     return train_loader, val_loader, sampler
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-             channels_last: bool) -> tuple[float, float]:
-    """Loss and accuracy over the whole validation set: sums reduced over ranks, then divided.
-
-    The sums stay on the device until the end (float64, so they equal Python floats added in
-    order): reading them per batch would wait for the GPU on every batch."""
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
-    for inputs, targets in on_device(loader, device, channels_last):
-        logits = model(inputs)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == targets).sum()
-        count += targets.numel()
-    model.train()
-    count_on_device = torch.full((), count, dtype=torch.float64, device=device)  # a fill, not a copy
-    totals = torch.stack([loss_sum, correct.double(), count_on_device])
-    dist.all_reduce(totals)
-    loss_sum, correct, count = totals.tolist()
-    return loss_sum / count, correct / count
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.pt"
-
-
-def resume_from(cfg: DictConfig, run_dir: Path, restart: int) -> Path | None:
+def resume_from(cfg: DictConfig, checkpoints: Checkpoints, restart: int) -> Path | None:
     """The checkpoint to start from (read on rank 0 only).
 
     A restarted attempt (torchrun ``max_restarts``, ``restart`` > 0) always continues from this
     job's own last checkpoint when there is one: restarting from scratch, or from the checkpoint
     the first attempt was started from, would throw the work done since away.
     """
-    own = checkpoint_path(run_dir)
-    if (cfg.resume == "auto" or restart > 0) and own.exists():
-        return own
+    if (cfg.resume == "auto" or restart > 0) and checkpoints.last.exists():
+        return checkpoints.last
     if cfg.resume in (None, "none", "auto"):
         return None
     return Path(cfg.resume)
-
-
-def save_checkpoint(path: Path, env: DistEnv, model: torch.nn.Module, optimizer: Any,
-                    scheduler: Any, scaler: torch.amp.GradScaler, progress: Progress,
-                    cfg: DictConfig, device: torch.device, fingerprint: dict[str, Any]) -> None:
-    """Collective (every rank's RNG state is gathered); rank 0 writes."""
-    rng_states = checkpoint.gather_rng_states(device)
-    per_rank = progress.gather_per_rank(device)
-    if env.is_main:
-        checkpoint.save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(),  # empty unless fp16
-                "progress": asdict(progress),  # rank 0's; every rank's own counters below
-                "progress_per_rank": per_rank,
-                "rng": rng_states,
-                "world_size": env.world_size,
-                "seed": cfg.seed,
-                "fingerprint": fingerprint,  # what the sample order and the schedule came from
-            },
-            path,
-        )
 
 
 def processes_per_node(env: DistEnv, device: torch.device) -> list[int]:
@@ -345,226 +189,234 @@ def stop_for_slurm(stop: StopRequest, env: DistEnv, log: logging.Logger, max_req
     return REQUEUED_EXIT_CODE if requeued.item() else STOPPED_EXIT_CODE
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Atomically, with fsync, like the checkpoint: a reader sees the whole summary or none."""
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+class Run:
+    """One rank's training run: what it trains, how, and where it stands (``progress``).
+
+    Built once (data, loaders, model, step, optimizer, schedule, restored from a checkpoint), then
+    driven by ``train()`` one epoch at a time. The settings the step loop reads are plain values:
+    OmegaConf lookups cost tens of microseconds, too much for every step.
+    """
+
+    def __init__(self, cfg: DictConfig, worker: Worker) -> None:
+        self.cfg, self.worker = cfg, worker
+        env, device = worker.env, worker.device
+        data = Data.open(cfg, env)
+        self.train_loader, self.val_loader, self.sampler = build_loaders(cfg, env, data.train, data.val, device)
+        self.model = build_model(cfg, device, data)
+        self.frozen = freeze(self.model, list(cfg.model.get("freeze") or []))
+        self.step = Step.from_config(cfg)
+        if cfg.trainer.compile:
+            # In place, inside DDP: the state dict keeps its plain names; DDP's own hooks stay eager.
+            self.model.compile()
+        self.ddp_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = build_optimizer(cfg.optim, trainable(self.model), env.world_size)
+        self.precision = MixedPrecision.from_config(cfg.trainer.precision, device)
+        self.accumulate, self.clip_grad_norm = cfg.trainer.accumulate, cfg.trainer.clip_grad_norm
+        self.batch_size, self.epochs = cfg.data.batch_size, cfg.trainer.epochs
+        self.micro_batches = math.ceil(self.sampler.num_samples / self.batch_size)  # per epoch, on this rank
+        self.steps_per_epoch = math.ceil(self.micro_batches / self.accumulate)
+        self.step_scheduler_each_step = cfg.sched.interval == "step"
+        self.state = TrainingState(
+            self.model, optimizer, build_scheduler(cfg.sched, optimizer, self.steps_per_epoch, self.epochs),
+            self.precision.scaler,
+            resume.fingerprint(cfg, env.world_size, len(data.train), optimizer.defaults["lr"],  # type: ignore[arg-type]
+                              self.steps_per_epoch),
+            cfg.seed)
+        self.checkpoints = Checkpoints(worker.run_dir, cfg.save.keep_last)
+        self.log_every, self.channels_last = cfg.trainer.log_every_steps, cfg.trainer.channels_last
+        self.every_steps, self.every_epochs = cfg.save.every_steps, cfg.save.every_epochs
+        self.best = Improvement.from_config(cfg.save.best)
+        self.early_stop = Improvement.from_config(cfg.trainer.early_stop)
+        self.patience = cfg.trainer.early_stop.patience
+        self.stop_signals = StopSignals(cfg.trainer.stop_check_steps).install() if StopSignals.wanted() else None
+        self.buckets_settled = False
+        self.losses = UnreadLosses()
+
+    def restore(self) -> tuple[Progress, bool]:
+        """Every rank gets the checkpoint (from the file, or as tensors from rank 0) and restores the
+        same state (and its own RNG); returns where the run stands, and whether it resumed."""
+        worker = self.worker
+        state = checkpoint.load_everywhere(resume_from(self.cfg, self.checkpoints, worker.env.restart),
+                                           worker.device)
+        if state is None:
+            return Progress(), False
+        return self.state.restore(state, worker.env, worker.device, self.cfg.sched, self.steps_per_epoch,
+                                  self.epochs, worker.log), True
+
+    def open_monitor(self, progress: Progress, resumed: bool) -> Monitor:
+        """metrics.jsonl keeps the epochs the checkpoint covers; nothing is rewritten before this
+        run logs its first epoch. TensorBoard hides what the interrupted attempt logged past the
+        checkpoint's last completed step."""
+        trainer = self.cfg.trainer
+        if not self.worker.env.is_main:
+            return SilentMonitor()
+        return Monitor(self.worker.run_dir, trainer.progress_bar, trainer.tensorboard,
+                       trainer.tensorboard_every_steps, resumed_step=progress.global_step if resumed else None,
+                       keep_epochs_before=progress.epoch)
+
+    def save(self, progress: Progress) -> None:
+        self.state.save(self.checkpoints, self.worker.env, progress, self.worker.device)
+
+    def train_epoch(self, progress: Progress, monitor: Monitor) -> StopRequest | None:
+        """The epoch's remaining micro-batches (all of them, unless resumed mid-epoch); returns the
+        stop request the ranks agreed on (Slurm), if one came."""
+        device, optimizer, precision = self.worker.device, self.state.optimizer, self.precision
+        epoch, accumulate = progress.epoch, self.accumulate
+        self.sampler.set_epoch(epoch, start_index=progress.step_in_epoch * self.batch_size)
+        monitor.start_epoch(epoch, self.epochs, self.micro_batches, progress.step_in_epoch)
+        epoch_start = time.perf_counter()
+        stop = None
+        for batch in on_device(self.train_loader, device, self.channels_last):
+            if not self.buckets_settled:  # once per process, before its first real step
+                settle_gradient_buckets(self.ddp_model, self.step, batch)
+                self.buckets_settled = True
+            # Gradient accumulation: DDP syncs only on the micro-batch that ends a group (or the
+            # epoch); the loss is divided so the group's gradient is the mean over it (not when K
+            # is 1: a division is one more autograd node in every step).
+            progress.step_in_epoch += 1
+            ends_group = progress.step_in_epoch % accumulate == 0 or progress.step_in_epoch == self.micro_batches
+            with contextlib.nullcontext() if ends_group else self.ddp_model.no_sync():
+                with precision.autocast():
+                    loss, samples = self.step.training_loss(self.ddp_model, batch)
+                precision.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+            lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
+            self.losses.add(loss, samples, lr)  # on the device: no wait for the GPU here
+            progress.epoch_samples += samples
+            progress.train_samples += samples
+            monitor.micro_batch()
+            if not ends_group:
+                continue
+            if self.clip_grad_norm:
+                precision.scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if self.state.scheduler is not None and self.step_scheduler_each_step:
+                self.state.scheduler.step()
+
+            if not progress.first_step_unix_s:
+                progress.first_step_unix_s = time.time()
+            progress.global_step += 1
+            if monitor.charts(progress.global_step):
+                self.losses.chart(progress.global_step)
+            logs_now = self.log_every and progress.global_step % self.log_every == 0
+            saves_now = self.every_steps and progress.global_step % self.every_steps == 0
+            if logs_now or saves_now:  # the only steps at which the host waits for the device
+                loss_value = self.losses.read(progress, monitor)
+            if logs_now:
+                self.worker.log.info("epoch %d step %d loss %.4f lr %.4g", epoch, progress.step_in_epoch,
+                                     loss_value, lr)
+            if saves_now:
+                progress.add_time(time.perf_counter() - epoch_start)
+                epoch_start = time.perf_counter()
+                self.save(progress)
+            if self.stop_signals and (stop := self.stop_signals.agreed(progress.global_step, device)):
+                break
+        self.losses.read(progress, monitor)
+        progress.add_time(time.perf_counter() - epoch_start)
+        return stop
+
+    def end_epoch(self, progress: Progress, monitor: Monitor) -> tuple[Progress, dict[str, float], bool]:
+        """Step an epoch schedule, evaluate, log the record, checkpoint (and ``best.pt``); returns
+        the next epoch's progress, the validation metrics and whether early stopping ends the run."""
+        env, device, optimizer = self.worker.env, self.worker.device, self.state.optimizer
+        epoch = progress.epoch
+        if self.state.scheduler is not None and not self.step_scheduler_each_step:
+            self.state.scheduler.step()
+        loss_sum, samples, epoch_time = all_reduce_scalars(
+            [progress.epoch_loss_sum, progress.epoch_samples, progress.epoch_time_s], device)
+        val_metrics = evaluate(self.ddp_model, self.step, self.val_loader, device, self.channels_last)
+        keep_eval_mode(self.frozen)
+        record = {
+            "epoch": epoch,
+            "global_step": progress.global_step,
+            "train_loss": loss_sum / max(samples, 1),
+            **val_metrics,
+            "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
+            "samples_per_s": samples / (epoch_time / env.world_size) if epoch_time > 0 else 0.0,
+        }
+        self.worker.log.info("epoch %d/%d train_loss=%.4f %s lr=%.4g", epoch + 1, self.epochs,
+                             record["train_loss"], metrics_text(val_metrics), record["lr"])
+        progress = progress.start_epoch(epoch + 1)
+        # The same metrics on every rank (reduced): every rank decides the same.
+        new_best = self.best is not None and self.best.improves(val_metrics, progress.best_value)
+        if self.best is not None and new_best:
+            progress.best_value = val_metrics[self.best.monitor]
+        stops_early = False
+        if self.early_stop is not None:
+            if self.early_stop.improves(val_metrics, progress.early_stop_best):
+                progress.early_stop_best, progress.epochs_since_best = val_metrics[self.early_stop.monitor], 0
+            else:
+                progress.epochs_since_best += 1
+            stops_early = progress.epochs_since_best >= self.patience and epoch + 1 < self.epochs
+        # The record first, then the checkpoint: a checkpoint past an epoch implies its record is
+        # on disk; a kill between the two resumes from an earlier checkpoint, and the resumed run
+        # drops the records past that checkpoint and logs them again.
+        monitor.end_epoch(record)
+        saved = bool(self.every_epochs and (epoch + 1) % self.every_epochs == 0) or stops_early
+        if saved:
+            self.save(progress)
+        if new_best:
+            if saved:
+                if env.is_main:
+                    self.checkpoints.mark_best()
+            else:
+                self.state.save(self.checkpoints, env, progress, device, best_only=True)
+        if stops_early and self.early_stop is not None:
+            self.worker.log.info("early stop after epoch %d: %s has not improved for %d epochs (best %.4g)",
+                                 epoch + 1, self.early_stop.monitor, progress.epochs_since_best,
+                                 progress.early_stop_best)
+        return progress, val_metrics, stops_early
+
+    def summary(self, progress: Progress, val_metrics: dict[str, float], wall_s: float) -> dict[str, Any]:
+        """The run's summary.json (``trainer.summary`` says what each key means). Collective."""
+        env, device = self.worker.env, self.worker.device
+        total_samples, time_sum = all_reduce_scalars([progress.train_samples, progress.train_time_s], device)
+        mean_train_time = time_sum / env.world_size
+        (first_step_done,) = all_reduce_scalars([progress.first_step_unix_s], device, dist.ReduceOp.MAX)
+        gpus_per_node = processes_per_node(env, device)
+        return training_summary(
+            world_size=env.world_size, gpus_per_node=gpus_per_node, backend=self.worker.backend,
+            launcher=OmegaConf.select(self.cfg, "launcher.name", default="external"), epochs=self.epochs,
+            epochs_run=progress.epoch, restarts=env.restart, precision=self.precision.name,
+            accumulate=self.accumulate, lr=self.state.optimizer.defaults["lr"], compiled=self.cfg.trainer.compile,
+            global_step=progress.global_step, val_metrics=val_metrics,
+            train_samples_per_s=total_samples / mean_train_time if mean_train_time > 0 else 0.0,
+            wall_s=wall_s, first_step_unix_s=first_step_done, model=self.model,
+            best=(self.best.monitor, progress.best_value) if self.best is not None else None)
 
 
 def train(cfg: DictConfig) -> int:
     """The whole run on this rank; returns the process's exit code."""
     start = time.perf_counter()
     with started(cfg) as worker:
-        env, run_dir, log, device = worker.env, worker.run_dir, worker.log, worker.device
-        train_set, val_set = prepare_data(cfg, env)
-        train_loader, val_loader, sampler = build_loaders(cfg, env, train_set, val_set, device)
-
-        # Model, optimizer, schedule.
-        model = build_model(cfg, device)
-        if cfg.trainer.compile:
-            # In place, inside DDP: the state dict keeps its plain names; DDP's own hooks stay eager.
-            model.compile()
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        optimizer = build_optimizer(cfg.optim, model.parameters(), env.world_size)
-        precision = MixedPrecision.from_config(cfg.trainer.precision, device)
-        accumulate, clip_grad_norm = cfg.trainer.accumulate, cfg.trainer.clip_grad_norm
-        batch_size, epochs = cfg.data.batch_size, cfg.trainer.epochs
-        micro_batches = math.ceil(sampler.num_samples / batch_size)  # per epoch, on this rank
-        steps_per_epoch = math.ceil(micro_batches / accumulate)
-        scheduler = build_scheduler(cfg.sched, optimizer, steps_per_epoch, epochs)
-        step_scheduler_each_step = cfg.sched.interval == "step"
-
-        # Resume: every rank gets the checkpoint (from the file, or as tensors from rank 0) and
-        # restores the same state (and its own RNG).
-        run_fingerprint = resume.fingerprint(cfg, env.world_size, len(train_set), optimizer.defaults["lr"],
-                                             steps_per_epoch)
-        base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
-        progress = Progress()
-        resumed = False
-        state = checkpoint.load_everywhere(resume_from(cfg, run_dir, env.restart), device)
-        if state is not None:
-            resumed = True
-            progress = Progress(**state["progress"])
-            same_world = state["world_size"] == env.world_size
-            if not same_world:
-                # Another world size shards the data differently: a mid-epoch position is
-                # meaningless, so that epoch restarts; exactness is only promised for the same size.
-                log.warning("checkpoint from world size %d, now %d: RNG streams not restored, "
-                            "epoch %d restarts from its beginning", state["world_size"],
-                            env.world_size, progress.epoch)
-                progress = progress.start_epoch(progress.epoch)
-            saved = state.get("fingerprint")
-            schedule_changes: list[str] = []
-            if saved is not None:
-                resume.check_sample_order(saved, run_fingerprint, progress.epoch, progress.step_in_epoch, log)
-                schedule_changes = resume.changed(resume.SCHEDULE_KEYS, saved, run_fingerprint)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if schedule_changes:
-                # The checkpoint's curve was drawn for other settings (its end may be behind us:
-                # lr 0): the current settings' schedule, at the run's position on it.
-                same_intervals = same_world and "optimizer steps per epoch" not in schedule_changes
-                position = (progress.epoch if cfg.sched.interval != "step" else
-                            progress.global_step if same_intervals else progress.epoch * steps_per_epoch)
-                scheduler = resume.rederive_schedule(cfg.sched, optimizer, base_lrs, steps_per_epoch,
-                                                     epochs, position)
-                log.warning("resuming with another schedule (%s): the lr schedule is re-derived for "
-                            "the current settings, at interval %d (lr %.4g)",
-                            resume.describe(schedule_changes, saved, run_fingerprint), position,
-                            optimizer.param_groups[0]["lr"])
-            elif scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                precision.scaler.load_state_dict(state["scaler"])
-            if same_world:
-                checkpoint.set_rng_state(state["rng"][env.rank], device)
-                if "progress_per_rank" in state:  # older checkpoints: rank 0's counters for all
-                    progress = progress.with_own(state["progress_per_rank"][env.rank])
-            log.info("resumed at epoch %d, step %d of that epoch (global step %d)",
-                     progress.epoch, progress.step_in_epoch, progress.global_step)
-            del state
-        # metrics.jsonl keeps the epochs the checkpoint covers; nothing is rewritten before this
-        # run logs its first epoch. TensorBoard hides what the interrupted attempt logged past
-        # the checkpoint's last completed step.
-        monitor = (Monitor(run_dir, cfg.trainer.progress_bar, cfg.trainer.tensorboard,
-                           cfg.trainer.tensorboard_every_steps,
-                           resumed_step=progress.global_step if resumed else None,
-                           keep_epochs_before=progress.epoch)
-                   if env.is_main else SilentMonitor())
-
-        # Plain values: OmegaConf lookups cost tens of microseconds, too much for the step loop.
-        log_every = cfg.trainer.log_every_steps
-        every_steps, every_epochs = cfg.save.every_steps, cfg.save.every_epochs
-        channels_last = cfg.trainer.channels_last
-        stop_signals = StopSignals(cfg.trainer.stop_check_steps).install() if StopSignals.wanted() else None
-        stop = None
-        buckets_settled = False
-        losses = UnreadLosses()
-        val_loss, val_acc = math.nan, math.nan
-
-        for epoch in range(progress.epoch, epochs):
-            sampler.set_epoch(epoch, start_index=progress.step_in_epoch * batch_size)
-            monitor.start_epoch(epoch, epochs, micro_batches, progress.step_in_epoch)
-            epoch_start = time.perf_counter()
-            for inputs, targets in on_device(train_loader, device, channels_last):
-                if not buckets_settled:  # once per process, before its first real step
-                    settle_gradient_buckets(ddp_model, inputs)
-                    buckets_settled = True
-                # Gradient accumulation: DDP syncs only on the micro-batch that ends a group (or
-                # the epoch); the loss is divided so the group's gradient is the mean over it (not
-                # when K is 1: a division is one more autograd node in every step).
-                progress.step_in_epoch += 1
-                ends_group = progress.step_in_epoch % accumulate == 0 or progress.step_in_epoch == micro_batches
-                with contextlib.nullcontext() if ends_group else ddp_model.no_sync():
-                    with precision.autocast():
-                        loss = F.cross_entropy(ddp_model(inputs), targets)
-                    precision.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
-                batch = targets.numel()
-                lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
-                losses.add(loss, batch, lr)  # on the device: no wait for the GPU here
-                progress.epoch_samples += batch
-                progress.train_samples += batch
-                monitor.micro_batch()
-                if not ends_group:
-                    continue
-                if clip_grad_norm:
-                    precision.scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-                precision.scaler.step(optimizer)
-                precision.scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if scheduler is not None and step_scheduler_each_step:
-                    scheduler.step()
-
-                if not progress.first_step_unix_s:
-                    progress.first_step_unix_s = time.time()
-                progress.global_step += 1
-                if monitor.charts(progress.global_step):
-                    losses.chart(progress.global_step)
-                logs_now = log_every and progress.global_step % log_every == 0
-                saves_now = every_steps and progress.global_step % every_steps == 0
-                if logs_now or saves_now:  # the only steps at which the host waits for the device
-                    loss_value = losses.read(progress, monitor)
-                if logs_now:
-                    log.info("epoch %d step %d loss %.4f lr %.4g", epoch, progress.step_in_epoch, loss_value, lr)
-                if saves_now:
-                    progress.add_time(time.perf_counter() - epoch_start)
-                    epoch_start = time.perf_counter()
-                    save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress,
-                                    cfg, device, run_fingerprint)
-                if stop_signals and (stop := stop_signals.agreed(progress.global_step, device)):
-                    break
-            losses.read(progress, monitor)
-            progress.add_time(time.perf_counter() - epoch_start)
+        run = Run(cfg, worker)
+        progress, resumed = run.restore()
+        monitor = run.open_monitor(progress, resumed)
+        val_metrics: dict[str, float] = {}
+        for _ in range(progress.epoch, run.epochs):
+            stop = run.train_epoch(progress, monitor)
             if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
-                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler, progress,
-                                cfg, device, run_fingerprint)
+                run.save(progress)
                 monitor.close()
-                del ddp_model, model, optimizer, scheduler, train_loader, val_loader
-                return stop_for_slurm(stop, env, log, cfg.slurm.max_requeues, device)
-
-            if scheduler is not None and not step_scheduler_each_step:
-                scheduler.step()
-            loss_sum, samples, epoch_time = all_reduce_scalars(
-                [progress.epoch_loss_sum, progress.epoch_samples, progress.epoch_time_s], device)
-            val_loss, val_acc = evaluate(ddp_model, val_loader, device, channels_last)
-            record = {
-                "epoch": epoch,
-                "global_step": progress.global_step,
-                "train_loss": loss_sum / max(samples, 1),
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
-                "samples_per_s": samples / (epoch_time / env.world_size) if epoch_time > 0 else 0.0,
-            }
-            log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f lr=%.4g", epoch + 1,
-                     epochs, record["train_loss"], val_loss, val_acc, record["lr"])
-            progress = progress.start_epoch(epoch + 1)
-            # The record first, then the checkpoint: a checkpoint past an epoch implies its record
-            # is on disk; a kill between the two resumes from an earlier checkpoint, and the
-            # resumed run drops the records past that checkpoint and logs them again.
-            monitor.end_epoch(record)
-            if every_epochs and (epoch + 1) % every_epochs == 0:
-                save_checkpoint(checkpoint_path(run_dir), env, model, optimizer, scheduler, precision.scaler,
-                                progress, cfg, device, run_fingerprint)
-
-        if math.isnan(val_loss):  # resumed after the last epoch: report the final model anyway
-            val_loss, val_acc = evaluate(ddp_model, val_loader, device, channels_last)
-        total_samples, time_sum = all_reduce_scalars([progress.train_samples, progress.train_time_s], device)
-        mean_train_time = time_sum / env.world_size
-        (first_step_done,) = all_reduce_scalars([progress.first_step_unix_s], device, dist.ReduceOp.MAX)
-        gpus_per_node = processes_per_node(env, device)
-        summary = {
-            "mode": "train",
-            "world_size": env.world_size,
-            "nodes": len(gpus_per_node),
-            "gpus_per_node": gpus_per_node,
-            "backend": worker.backend,
-            "launcher": OmegaConf.select(cfg, "launcher.name", default="external"),
-            "epochs": epochs,
-            "restarts": env.restart,  # torchrun restarts and Slurm requeues this job needed
-            "precision": precision.name,
-            "matmul_precision": torch.get_float32_matmul_precision(),
-            "accumulate": accumulate,
-            "lr": optimizer.defaults["lr"],  # after optim.scale_lr
-            "deterministic": torch.are_deterministic_algorithms_enabled(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "compiled": cfg.trainer.compile,
-            "global_step": progress.global_step,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "train_samples_per_s": total_samples / mean_train_time if mean_train_time > 0 else 0.0,
-            "wall_s": time.perf_counter() - start,
-            "first_step_unix_s": first_step_done,  # every rank had taken one optimizer step by then
-            "weights_sha256": checkpoint.weights_sha256(model),
-        }
+                del run
+                return stop_for_slurm(stop, worker.env, worker.log, cfg.slurm.max_requeues, worker.device)
+            progress, val_metrics, stops_early = run.end_epoch(progress, monitor)
+            if stops_early:
+                break
+        if not val_metrics:  # resumed after the last epoch: report the final model anyway
+            val_metrics = evaluate(run.ddp_model, run.step, run.val_loader, worker.device, run.channels_last)
+        summary = run.summary(progress, val_metrics, time.perf_counter() - start)
         monitor.close()
-        if env.is_main:
-            write_summary(run_dir, summary)
+        if worker.env.is_main:
+            write_summary(worker.run_dir, summary)
             if monitor.metrics_path.exists():
-                plot_curves(monitor.metrics_path, run_dir / "curves.png")
-            log.info("done: val_acc=%.4f val_loss=%.4f %.0f samples/s, summary in %s",
-                     val_acc, val_loss, summary["train_samples_per_s"], run_dir / "summary.json")
-        del ddp_model, model, optimizer, scheduler, train_loader, val_loader
+                plot_curves(monitor.metrics_path, worker.run_dir / "curves.png")
+            worker.log.info("done: %s %.0f samples/s, summary in %s", metrics_text(val_metrics),
+                            summary["train_samples_per_s"], worker.run_dir / "summary.json")
+        stop_signals = run.stop_signals
+        del run
     if stop_signals:
         stop_signals.uninstall()
     return 0
@@ -575,32 +427,22 @@ def evaluate_checkpoint(cfg: DictConfig) -> int:
     every rank on its shard and reduced exactly as during training (any world size)."""
     start = time.perf_counter()
     with started(cfg) as worker:
-        env, log, device = worker.env, worker.log, worker.device
-        train_set, val_set = prepare_data(cfg, env)
-        _, val_loader, _ = build_loaders(cfg, env, train_set, val_set, device)
-        model = build_model(cfg, device)
+        env, device = worker.env, worker.device
+        data = Data.open(cfg, env)
+        _, val_loader, _ = build_loaders(cfg, env, data.train, data.val, device)
+        model = build_model(cfg, device, data)
         state = checkpoint.load_everywhere(Path(cfg.checkpoint), device)
         assert state is not None
         model.load_state_dict(state["model"])
-        val_loss, val_acc = evaluate(model, val_loader, device, cfg.trainer.channels_last)
-        trained = state["progress"]
-        summary = {
-            "mode": "eval",
-            "checkpoint": str(Path(cfg.checkpoint).resolve()),
-            "checkpoint_epoch": trained["epoch"],
-            "checkpoint_global_step": trained["global_step"],
-            "world_size": env.world_size,
-            "backend": worker.backend,
-            "val_samples": len(val_set),  # type: ignore[arg-type]
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "wall_s": time.perf_counter() - start,
-            "weights_sha256": checkpoint.weights_sha256(model),
-        }
+        val_metrics = evaluate(model, Step.from_config(cfg), val_loader, device, cfg.trainer.channels_last)
+        summary = evaluation_summary(
+            checkpoint=Path(cfg.checkpoint), trained=state["progress"], world_size=env.world_size,
+            backend=worker.backend, val_samples=len(data.val),  # type: ignore[arg-type]
+            val_metrics=val_metrics, wall_s=time.perf_counter() - start, model=model)
         if env.is_main:
             write_summary(worker.run_dir, summary)
-            log.info("eval of %s: val_acc=%.4f val_loss=%.4f over %d samples", cfg.checkpoint,
-                     val_acc, val_loss, summary["val_samples"])
+            worker.log.info("eval of %s: %s over %d samples", cfg.checkpoint, metrics_text(val_metrics),
+                            summary["val_samples"])
         del model, val_loader
     return 0
 
@@ -609,6 +451,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         raise SystemExit("usage: python -m trainer RUN_DIR/config.yaml")
     cfg = OmegaConf.load(argv[0])
+    assert isinstance(cfg, DictConfig), f"{argv[0]}: not a mapping"
     if cfg.trainer.mode not in MODES:
         raise SystemExit(f"trainer.mode={cfg.trainer.mode!r}: allowed: {', '.join(MODES)}")
     return evaluate_checkpoint(cfg) if cfg.trainer.mode == "eval" else train(cfg)
