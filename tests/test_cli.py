@@ -39,6 +39,7 @@ def as_dict(hydra_args: list[str]) -> dict[str, str]:
 
 # --- quoting -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # 3000 strings through Hydra's parser: over a second
 def test_hydra_quote_round_trips_any_string():
     rng = random.Random(1234)
     alphabet = "ab \\'\"${},=[]:\t"
@@ -383,10 +384,11 @@ def test_version(tmp_path):
     assert out.returncode == 0 and out.stdout == "ddp-launcher 0.1.0\n"
 
 
+# One real command line in the fast tier; the others' messages are checked in-process (test_refused).
 @pytest.mark.parametrize(("argv", "line"), [
     (["gpu=2"], "error: unknown key gpu: did you mean gpus?"),
-    (["+gpu=2"], "error: unknown key gpu: did you mean gpus?"),
-    (["--tee", "3", "x.py"], "error: torchrun's --tee is not supported: "),
+    pytest.param(["+gpu=2"], "error: unknown key gpu: did you mean gpus?", marks=pytest.mark.slow),
+    pytest.param(["--tee", "3", "x.py"], "error: torchrun's --tee is not supported: ", marks=pytest.mark.slow),
 ])
 def test_refused_in_a_real_run(tmp_path, argv, line):
     out = run_launcher(tmp_path, *argv)
@@ -395,6 +397,7 @@ def test_refused_in_a_real_run(tmp_path, argv, line):
     assert out.stdout == "" and not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # a launcher process (~3 s); in-process: tests/test_golden.py
 def test_torchrun_style_dry_run(tmp_path):
     script = tmp_path / "train.py"
     script.write_text("print('hello')\n")

@@ -37,6 +37,7 @@ def assert_rejected(launch, key_text):
     assert "Traceback" not in launch.stderr
 
 
+@pytest.mark.slow  # ~1 s a case; each message is checked in-process in tests/test_validation.py
 @pytest.mark.parametrize(("overrides", "key_text"), BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_value_is_rejected_before_anything_starts(launcher, overrides, key_text):
     launch = launcher.run(*overrides)
@@ -52,6 +53,7 @@ def test_hydra_errors_are_one_line_with_exit_code_2(launcher, overrides, line):
     assert not launch.run_dir.exists() and not (launcher.workdir / "multirun").exists()
 
 
+@pytest.mark.slow  # about a second; the message is checked in-process in tests/test_validation.py
 def test_a_sweep_with_a_bad_value_it_does_not_vary_is_refused_once(launcher, tmp_path):
     sweep = tmp_path / "sweep"
     launch = launcher.run("-m", "optim.lr=0.1,0.01", "data.batch_size=0", f"hydra.sweep.dir={sweep}")
@@ -76,6 +78,7 @@ def test_unwritable_run_dir(launcher, tmp_path):
     assert "is not a directory" in launch.stderr
 
 
+@pytest.mark.slow  # trains a run first (real job)
 def test_rejected_run_leaves_existing_run_dir_untouched(launcher, tmp_path):
     run_dir = tmp_path / "existing"
     assert_ok(launcher.run("trainer.epochs=1", "data.dataset.num_samples=256", run_dir=run_dir))

@@ -2,7 +2,12 @@
 
 import re
 
+import pytest
+
 from tests.conftest import wait_for_no_leftovers
+
+# A launcher process each (about 1-6 s); tests/test_golden.py checks the same texts in-process.
+pytestmark = pytest.mark.slow
 
 
 def rank_lines(stdout):

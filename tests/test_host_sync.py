@@ -99,6 +99,7 @@ def train_counting_host_reads(cfg: DictConfig, monkeypatch) -> tuple[dict[int, l
     return after_step, steps
 
 
+@pytest.mark.slow  # the real training loop, 40 steps: 1.5-4 s a case
 @pytest.mark.parametrize("overrides", [
     (),
     ("trainer.accumulate=2", "data.batch_size=32", "trainer.clip_grad_norm=1.0", "trainer.precision=bf16"),

@@ -85,6 +85,7 @@ def test_sweep_preset_resolver(spec, gpus, backend, expected):
     assert slurm_gpus(spec, gpus, backend) == expected
 
 
+@pytest.mark.slow  # three launcher processes; in-process: test_launcher_slurm_asks_for_gpus_per_node
 def test_slurm_dry_run_asks_for_the_gpus(launcher):
     asked = launcher.run("launcher=slurm", "nodes=2", "gpus=4", "dry_run=true", env=NO_SLURM)
     assert asked.returncode == 0, asked.stderr[-3000:]
@@ -95,6 +96,7 @@ def test_slurm_dry_run_asks_for_the_gpus(launcher):
         assert "--gpus-per-node" not in none.stdout, (override, none.stdout)
 
 
+@pytest.mark.slow  # three launcher processes
 def test_slurm_sweep_dry_run_asks_for_the_gpus(launcher, tmp_path):
     common = ("-m", "hydra/launcher=slurm", "dry_run=true", "nodes=2", "gpus=4", "optim.lr=0.1,0.2",
               f"hydra.sweep.dir={tmp_path / 'sweep'}")
@@ -117,6 +119,7 @@ def setup_lines(script: str) -> list[str]:
     return [line for line in lines[lines.index("# setup") + 1: lines.index("# command")] if line]
 
 
+@pytest.mark.slow  # two launcher processes; in-process: tests/test_golden.py (sbatch_launcher_slurm)
 def test_setup_lines_reach_both_scripts(launcher, tmp_path):
     single = launcher.run("launcher=slurm", "nodes=1", "gpus=1", "dry_run=true", SETUP, env=NO_SLURM)
     sweep = launcher.run("-m", "hydra/launcher=slurm", "dry_run=true", "nodes=1", "gpus=1", "optim.lr=0.1,0.2",
@@ -126,6 +129,7 @@ def test_setup_lines_reach_both_scripts(launcher, tmp_path):
         assert setup_lines(done.stdout) == ["module load cuda/12.1", "conda activate train"], done.stdout
 
 
+@pytest.mark.slow  # two launcher processes a case
 @pytest.mark.parametrize("char", ["\n", "\r"], ids=["newline", "carriage-return"])
 def test_a_setup_line_with_a_line_break_is_refused(launcher, tmp_path, char):
     hostile = f"slurm.setup=['module load x{char}touch PWNED']"
@@ -313,6 +317,7 @@ def test_dry_run_device_column_follows_the_rule(tmp_path, monkeypatch):
         nccl_plan(tmp_path, monkeypatch, 1, "2", "gpus=2")
 
 
+@pytest.mark.slow  # a launcher process; in-process: test_dry_run_device_column_follows_the_rule
 def test_users_cuda_visible_devices_is_shown_in_the_dry_run(launcher):
     done = launcher.run("dry_run=true", "gpus=2", env={"CUDA_VISIBLE_DEVICES": "2,3"})
     assert done.returncode == 0, done.stderr[-3000:]

@@ -55,6 +55,7 @@ def previous_run(launcher, tmp_path) -> Path:
 
 # --- 1. a rerun into a run directory that holds a run ----------------------------------------------
 
+@pytest.mark.slow  # a real job first (previous_run)
 def test_rerun_without_resume_or_overwrite_is_refused_and_touches_nothing(launcher, previous_run):
     before = snapshot(previous_run)
     launch = launcher.run(*TINY_RUN, run_dir=previous_run)
@@ -65,12 +66,14 @@ def test_rerun_without_resume_or_overwrite_is_refused_and_touches_nothing(launch
     assert any(path.parent.name == ".hydra" for path in before)
 
 
+@pytest.mark.slow  # a real job first (previous_run)
 def test_dry_run_into_a_previous_run_is_refused_too(launcher, previous_run):
     before = snapshot(previous_run)
     assert_one_line_error(launcher.run("dry_run=true", run_dir=previous_run), "overwrite=true")
     assert snapshot(previous_run) == before
 
 
+@pytest.mark.slow  # real jobs
 def test_overwrite_true_replaces_the_previous_run_without_mixing(launcher, previous_run):
     old_summary = (previous_run / "summary.json").read_text()
     leftovers = [previous_run / "checkpoints" / "old.pt", previous_run / "tensorboard" / "events.old",
@@ -87,6 +90,7 @@ def test_overwrite_true_replaces_the_previous_run_without_mixing(launcher, previ
     assert (previous_run / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.slow  # real jobs
 def test_resume_auto_continues_the_previous_run(launcher, previous_run):
     launch = launcher.run("trainer.epochs=3", "data.dataset.num_samples=256", "resume=auto",
                           run_dir=previous_run)
@@ -95,6 +99,7 @@ def test_resume_auto_continues_the_previous_run(launcher, previous_run):
     assert len((previous_run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow  # a real job first (previous_run)
 def test_overwrite_and_resume_together_are_refused(launcher, previous_run):
     before = snapshot(previous_run)
     assert_one_line_error(launcher.run("overwrite=true", "resume=auto", run_dir=previous_run),
@@ -102,11 +107,13 @@ def test_overwrite_and_resume_together_are_refused(launcher, previous_run):
     assert snapshot(previous_run) == before
 
 
+@pytest.mark.slow  # a launcher process; in-process: tests/test_validation.py
 def test_overwrite_must_be_a_bool(launcher):
     launch = launcher.run("overwrite=maybe", "dry_run=true")
     assert_one_line_error(launch, "overwrite='maybe'")
 
 
+@pytest.mark.slow  # a launcher process; in-process: tests/test_validation.py
 def test_empty_run_dir_is_refused(launcher, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "launcher", "hydra.run.dir=", *TINY_RUN], cwd=tmp_path,
                           env=launcher.env(launcher.new_job_id()), capture_output=True, text=True, timeout=120)
@@ -114,6 +121,7 @@ def test_empty_run_dir_is_refused(launcher, tmp_path):
     assert sorted(os.listdir(tmp_path)) == [], "a refused run wrote into the current directory"
 
 
+@pytest.mark.slow  # real jobs
 def test_two_launches_started_together_get_their_own_run_dirs(launcher, tmp_path):
     """No hydra.run.dir: both take the default outputs/DATE/TIME..., started in the same second."""
     time.sleep(1.02 - time.time() % 1)  # at the start of a second: both resolve it in that second
@@ -164,6 +172,7 @@ def test_slurm_requeue_reenters_its_run_dir(tmp_path, monkeypatch):
     assert outputs_to_replace(cfg(overwrite=True), tmp_path, shared=True) == []
 
 
+@pytest.mark.slow  # three launcher processes; in-process: the two tests above
 def test_slurm_task_dry_run_in_a_run_dir_another_task_started(launcher, tmp_path):
     run_dir = tmp_path / "outputs" / "slurm-4242"
     run_dir.mkdir(parents=True)
@@ -236,6 +245,7 @@ def test_real_checkpoints_pass(tmp_path):
     assert checkpoint_problem(legacy, ("model",)) is not None
 
 
+@pytest.mark.slow  # a launcher process a case; in-process: test_not_a_checkpoint_is_named
 @pytest.mark.parametrize("name", ["random-bytes", "empty", "state-dict"])
 def test_resume_from_a_file_that_is_no_checkpoint_is_one_line(launcher, tmp_path, name):
     path = tmp_path / f"{name}.pt"
@@ -250,6 +260,7 @@ def test_resume_from_a_file_that_is_no_checkpoint_is_one_line(launcher, tmp_path
     assert not launch.run_dir.exists()
 
 
+@pytest.mark.slow  # real jobs
 def test_resume_from_the_trainers_own_checkpoint_is_accepted(launcher, previous_run, tmp_path):
     launch = launcher.run("trainer.epochs=3", "data.dataset.num_samples=256",
                           f"resume={previous_run / 'checkpoints' / 'last.pt'}", run_dir=tmp_path / "next")
@@ -257,6 +268,7 @@ def test_resume_from_the_trainers_own_checkpoint_is_accepted(launcher, previous_
     assert "resumed at epoch 2" in launch.stderr
 
 
+@pytest.mark.slow  # a launcher process; in-process: test_not_a_checkpoint_is_named
 def test_eval_of_a_file_that_is_no_checkpoint_is_one_line(launcher, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("not a checkpoint")

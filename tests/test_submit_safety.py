@@ -168,6 +168,30 @@ def test_the_sweep_dry_run_prints_the_script_hydras_submitit_launcher_submits(tm
     assert printed.endswith("\n# nothing was submitted")
 
 
+# What a Slurm sweep hands Hydra's submitit launcher, and the key its refusal names.
+HOSTILE_SWEEP_VALUES = [
+    ("slurm.job_name='x\ntouch PWNED'", "slurm.job_name"),
+    ("+hydra.launcher.additional_parameters.comment='x\ntouch PWNED\n#'",
+     "hydra.launcher.additional_parameters.comment"),
+    ("+hydra.launcher.additional_parameters={a b:1}", "hydra.launcher.additional_parameters"),
+    ("hydra.launcher.setup=['echo x\rtouch PWNED']", "hydra.launcher.setup"),
+]
+HOSTILE_SWEEP_IDS = ["job-name-newline", "additional-value-newline", "additional-key-space", "setup-cr"]
+
+
+@pytest.mark.parametrize(("override", "key"), HOSTILE_SWEEP_VALUES, ids=HOSTILE_SWEEP_IDS)
+def test_a_slurm_sweep_option_that_would_break_its_line_is_refused(tmp_path, override, key):
+    from launcher.submit import check_slurm_sweep
+
+    cfg = composed("hydra/launcher=slurm", "nodes=1", "gpus=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   override)
+    with pytest.raises(ConfigError) as refused:
+        check_slurm_sweep(cfg)
+    assert refused.value.key == key, str(refused.value)
+    assert str(refused.value).startswith(f"invalid config: {key}="), str(refused.value)
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_a_dry_run_plan_cannot_submit(tmp_path, monkeypatch):
     import launcher.submit as submit
 
@@ -179,7 +203,11 @@ def test_a_dry_run_plan_cannot_submit(tmp_path, monkeypatch):
 
 
 # --- the command line, with no Slurm command on PATH ------------------------------------------
+# Slow: a launcher process (or two) per case, about a second each. What they check is tested
+# in-process above (the printed script in tests/test_golden.py too), except the refusal of
+# `-m launcher=slurm`, which Hydra's multirun callback makes.
 
+@pytest.mark.slow
 def test_slurm_dry_run_prints_the_script_without_slurm_commands(launcher):
     done = launcher.run("launcher=slurm", "nodes=2", "gpus=2", "dry_run=true", env=NO_SLURM)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -188,6 +216,7 @@ def test_slurm_dry_run_prints_the_script_without_slurm_commands(launcher):
     assert not done.run_dir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "key"), [
     ("+slurm.extra.comment='x\ntouch PWNED\n#'", "slurm.extra.comment"),
     ("slurm.job_name='x\rtouch PWNED'", "slurm.job_name"),
@@ -204,6 +233,7 @@ def test_launcher_slurm_refuses_hostile_values_with_exit_2(launcher, override, k
     assert not (launcher.workdir / "PWNED").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["a\ntouch PWNED", "a,b", "a${b}"], ids=["newline", "comma", "interpolation"])
 def test_launcher_slurm_refuses_a_run_dir_the_tasks_could_not_parse(tmp_path, name):
     workdir = tmp_path / name
@@ -215,6 +245,7 @@ def test_launcher_slurm_refuses_a_run_dir_the_tasks_could_not_parse(tmp_path, na
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("choice", ["launcher=slurm", "launcher=torchrun,slurm"])
 def test_multirun_with_launcher_slurm_is_refused(launcher, tmp_path, choice):
     sweep = tmp_path / "sweep"
@@ -226,13 +257,8 @@ def test_multirun_with_launcher_slurm_is_refused(launcher, tmp_path, choice):
     assert not sweep.exists()
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("slurm.job_name='x\ntouch PWNED'", "slurm.job_name"),
-    ("+hydra.launcher.additional_parameters.comment='x\ntouch PWNED\n#'",
-     "hydra.launcher.additional_parameters.comment"),
-    ("+hydra.launcher.additional_parameters={a b:1}", "hydra.launcher.additional_parameters"),
-    ("hydra.launcher.setup=['echo x\rtouch PWNED']", "hydra.launcher.setup"),
-], ids=["job-name-newline", "additional-value-newline", "additional-key-space", "setup-cr"])
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "key"), HOSTILE_SWEEP_VALUES, ids=HOSTILE_SWEEP_IDS)
 def test_slurm_sweep_refuses_hostile_values_with_exit_2(launcher, tmp_path, override, key):
     sweep = tmp_path / "sweep"
     done = launcher.run("-m", "hydra/launcher=slurm", "nodes=1", "gpus=1", "optim.lr=0.1,0.2",
@@ -242,6 +268,7 @@ def test_slurm_sweep_refuses_hostile_values_with_exit_2(launcher, tmp_path, over
     assert not sweep.exists() and not (launcher.workdir / "PWNED").exists()
 
 
+@pytest.mark.slow
 def test_slurm_sweep_refuses_a_sweep_dir_with_a_line_break(launcher, tmp_path):
     sweep = tmp_path / "a\ntouch PWNED"
     done = launcher.run("-m", "hydra/launcher=slurm", "nodes=1", "gpus=1", "optim.lr=0.1,0.2",
@@ -251,6 +278,7 @@ def test_slurm_sweep_refuses_a_sweep_dir_with_a_line_break(launcher, tmp_path):
     assert not sweep.exists()
 
 
+@pytest.mark.slow
 def test_slurm_sweep_dry_run_prints_the_array_script_and_submits_nothing(launcher, tmp_path):
     sweep = tmp_path / "sweep"
     done = launcher.run("-m", "hydra/launcher=slurm", "dry_run=true", "nodes=2", "gpus=1", "slurm.time=9",
