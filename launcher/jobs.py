@@ -544,8 +544,8 @@ def format_status(found: Status) -> str:
     prog = found.progress
     if prog:
         epochs = f"{prog['epoch']}/{prog['epochs']}" if prog["epochs"] else str(prog["epoch"])
-        text = (f"epoch {epochs}  val_loss={_num(prog['val_loss'])} val_acc={_num(prog['val_acc'])}  "
-                f"{_num(prog['samples_per_s'], 0)} samples/s")
+        accuracy = f" val_acc={_num(prog['val_acc'])}" if prog["val_acc"] is not None else ""
+        text = f"epoch {epochs}  val_loss={_num(prog['val_loss'])}{accuracy}  {_num(prog['samples_per_s'], 0)} samples/s"
         if prog["epoch_s"] is not None:
             text += f"  ({_duration(prog['epoch_s'])}/epoch)"
         if prog["eta_s"] is not None:
@@ -555,7 +555,8 @@ def format_status(found: Status) -> str:
         lines.append("progress:  no epoch finished yet (metrics.jsonl empty or missing)")
     summary = found.summary
     if summary:
-        lines.append(f"summary:   val_acc={_num(summary.get('val_acc'))} val_loss={_num(summary.get('val_loss'))} "
+        accuracy = f"val_acc={_num(summary['val_acc'])} " if summary.get("val_acc") is not None else ""
+        lines.append(f"summary:   {accuracy}val_loss={_num(summary.get('val_loss'))} "
                      f"world_size={summary.get('world_size', '?')} wall {_duration(summary.get('wall_s') or 0)}")
     failure = found.failure
     if failure:

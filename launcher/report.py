@@ -138,8 +138,8 @@ def markdown(table: list[dict[str, str]]) -> str:
 
 
 def plot(points: list[Point], path: Path) -> None:
-    """Left: val_acc per point against the swept values (best in a darker colour, failed shown
-    as such). Right: each point's validation-loss curve from its metrics.jsonl."""
+    """Left: val_acc (else val_loss) per point against the swept values (best in a darker colour,
+    failed shown as such). Right: each point's validation-loss curve from its metrics.jsonl."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,7 +150,9 @@ def plot(points: list[Point], path: Path) -> None:
               for point in points]
     best = best_point(points)
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    values = [0.0 if math.isnan(point.metric("val_acc")) else point.metric("val_acc") for point in points]
+    # val_acc where the points computed it; a sweep without accuracy (a regression) shows val_loss.
+    shown = "val_acc" if any(not math.isnan(point.metric("val_acc")) for point in points) else "val_loss"
+    values = [0.0 if math.isnan(point.metric(shown)) else point.metric(shown) for point in points]
     colours = ["tab:green" if point is best else "tab:red" if point.status == "failed" else
                "tab:gray" if point.status == "running" else "tab:blue" for point in points]
     left.bar(range(len(points)), values, color=colours)
@@ -158,9 +160,10 @@ def plot(points: list[Point], path: Path) -> None:
         if point.status != "completed":
             left.text(index, 0.02, point.status, ha="center", rotation=90, fontsize=8)
     left.set_xticks(range(len(points)), labels, rotation=30, ha="right", fontsize=8)
-    left.set_ylabel("val_acc")
-    left.set_ylim(0, 1)
-    left.set_title("validation accuracy per point (green: best)")
+    left.set_ylabel(shown)
+    if shown == "val_acc":
+        left.set_ylim(0, 1)
+    left.set_title(f"{shown} per point (green: best)")
     for point, label in zip(points, labels, strict=True):
         if point.curve:
             epochs = [record["epoch"] + 1 for record in point.curve]
