@@ -106,6 +106,12 @@ class SyntheticClassification:
         return train, val
 
 
+def batched_indexing(dataset: Any) -> bool:
+    """Whether ``dataset[list_of_indices]`` is the whole batch, as the per-sample items stacked: a
+    ``TensorDataset``, or a data set of the user's that says so with ``batched_indexing = True``."""
+    return isinstance(dataset, TensorDataset) or getattr(dataset, "batched_indexing", False) is True
+
+
 def is_caching_rank(env: DistEnv, scope: str) -> bool:
     if scope == "global":
         return env.rank == 0

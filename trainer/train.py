@@ -21,7 +21,7 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from trainer import checkpoint, resume
 from trainer.batches import on_device
@@ -33,6 +33,7 @@ from trainer.data import (
     SeededBatches,
     SeededBatchSampler,
     ShardSampler,
+    batched_indexing,
 )
 from trainer.distributed import (
     all_reduce_scalars,
@@ -147,11 +148,20 @@ def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
                                   batch_sampler=SeededBatchSampler(sampler, cfg.data.batch_size),
                                   generator=generators[0], **common)
     else:
-        train_loader = DataLoader(train_set, sampler=sampler, batch_size=cfg.data.batch_size,
-                                  generator=generators[0], **common)
-    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), env.rank, env.world_size),
-                            batch_size=cfg.data.batch_size, generator=generators[1], **common)
+        train_loader = batch_loader(train_set, sampler, cfg.data.batch_size, generator=generators[0], **common)
+    val_loader = batch_loader(val_set, ShardSampler(len(val_set), env.rank, env.world_size), cfg.data.batch_size,
+                              generator=generators[1], **common)
     return train_loader, val_loader, sampler
+
+
+def batch_loader(dataset: Any, sampler: Sampler[int], batch_size: int, **options: Any) -> DataLoader:
+    """A loader of ``sampler``'s indices in batches of ``batch_size``. In-memory data that takes a
+    list of indices (``batched_indexing``) is indexed once per batch: the same samples in the same
+    order as one indexing per sample plus a collate, in one step instead of ``batch_size``."""
+    if batched_indexing(dataset):
+        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False),
+                          batch_size=None, **options)
+    return DataLoader(dataset, sampler=sampler, batch_size=batch_size, **options)
 
 
 def resume_from(cfg: DictConfig, checkpoints: Checkpoints, restart: int) -> Path | None:
