@@ -1,5 +1,9 @@
 """The user's own classes and functions as config group options, checked before anything starts.
 
+Imported by ``launcher.__main__`` before the working directory moves to the end of ``sys.path``
+(a user's ``trainer/`` there must not replace ours): the trainer's vocabulary is imported inside
+the checks, not here.
+
 ``model=mypkg.MyNet`` names no file in ``conf/model``: a dotted name in a plug-in group is answered
 by ``PluginSource`` (a Hydra config source, so single runs, sweeps, ``launch()`` and Slurm sweeps
 all see it) with a config holding nothing but that ``_target_`` and the settings that are the
@@ -28,7 +32,6 @@ from omegaconf import OmegaConf
 
 from launcher.config import MODULE_NAME
 from launcher.errors import ConfigError
-from trainer.options import BUILTIN_METRICS, metrics_for
 
 # What a dotted name in each group stands for: the config the group's key gets.
 PLUGIN_GROUPS: dict[str, Callable[[str], dict[str, Any]]] = {
@@ -244,6 +247,8 @@ def check_plugins(values: Mapping[str, Any]) -> None:
     """Every ``_target_`` the ranks will build resolves and accepts its arguments; ``task`` and the
     metrics are functions of the right arguments. Imports the user's modules (not the shipped
     configs' targets), so a typo costs a second here instead of a failed start."""
+    from trainer.options import BUILTIN_METRICS
+
     for section in ("model", "data.dataset", "optim", "sched.scheduler", "loss"):
         for key, node in _instantiated(values, section):
             target = node["_target_"]
@@ -279,6 +284,8 @@ def _call(node: Any, skipped: tuple[str, ...] = ()) -> str:
 
 def describe_plugins(values: Mapping[str, Any]) -> str:
     """What the trainer builds, for the dry run: one call per plug-in, as it will be made."""
+    from trainer.options import metrics_for
+
     sched = values["sched"]
     model = values["model"]
     frozen = f" freeze={model['freeze']}" if model.get("freeze") else ""
