@@ -82,8 +82,8 @@ def test_freeze_keeps_weights_and_normalisation_statistics(launcher):
         if key.startswith("stem."):  # weights and BatchNorm's running statistics alike
             assert torch.equal(tensor, second["model"][key]), f"frozen {key} changed"
     assert not torch.equal(first["model"]["head.weight"], second["model"]["head.weight"])
-    initial = torch.load(launch.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
-    assert torch.equal(initial["stem.1.running_mean"], torch.zeros(32)), "BatchNorm left eval mode"
+    final = torch.load(launch.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(final["stem.1.running_mean"], torch.zeros(32)), "BatchNorm left eval mode"
     optimizer = second["optimizer"]
     assert sum(len(group["params"]) for group in optimizer["param_groups"]) == 2  # head's weight, bias
     unknown = launcher.run(*model, "+model.freeze=[trunk]", run_dir=launcher.workdir / "unknown")

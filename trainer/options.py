@@ -28,9 +28,13 @@ def reported_metrics(metrics: str | list[str], task: str | None, loss_target: st
     step returns sums the config does not name."""
     if task is not None:
         return None
-    names = [BUILTIN_METRICS.get(name) or name.rsplit(".", 1)[-1]
-             for name in metrics_for(metrics, task, loss_target)]
+    names = [reported_name(name) for name in metrics_for(metrics, task, loss_target)]
     return ["val_loss", *(f"val_{name}" for name in names)]
+
+
+def reported_name(metric: str) -> str:
+    """``val_NAME``'s NAME: acc for accuracy, a function's own name for ``mypkg.f1``."""
+    return BUILTIN_METRICS.get(metric) or metric.rsplit(".", 1)[-1]
 
 
 def improvement_mode(monitor: str, mode: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
-from trainer.options import BUILTIN_METRICS, metrics_for
+from trainer.options import metrics_for, reported_name
 
 MetricValue = torch.Tensor | tuple[torch.Tensor, torch.Tensor | int]
 
@@ -54,10 +54,7 @@ def configured_metrics(cfg: DictConfig) -> dict[str, Metric]:
     """The configured metrics by the name they are reported under (``val_NAME``)."""
     metrics: dict[str, Metric] = {}
     for name in metrics_for(cfg.get("metrics", "auto"), cfg.get("task"), cfg.loss._target_):
-        if name in METRICS:
-            metrics[BUILTIN_METRICS[name]] = METRICS[name]
-        else:
-            metrics[name.rsplit(".", 1)[-1]] = get_object(name)
+        metrics[reported_name(name)] = METRICS[name] if name in METRICS else get_object(name)
     return metrics
 
 
