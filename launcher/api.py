@@ -119,29 +119,31 @@ def launch(target: str | Callable[..., Any], *function_args: Any, args: Sequence
     is None). Raises ``ConfigError`` before anything starts for a bad value, ``LaunchFailed``
     naming the first failing rank with its traceback, ``KeyboardInterrupt`` when stopped.
     """
-    from launcher import app, plan
+    from launcher import app
     from launcher.config import Target
-    from launcher.submit import SubmitPlan
+    from launcher.launches import prepare_run_dir
+    from launcher.local import LocalLaunch, launch_ranks
 
     call = None if isinstance(target, str) else _check_picklable(target, function_args)
     if call is None and function_args:
         raise TypeError("a script's arguments go in args=[...]")
     cfg, run_dir = _compose(_overrides(target, args, keys, overrides))
-    job = app.load_checked(cfg, run_dir)
-    if isinstance(job, SubmitPlan) or job.slurm_rank is not None:
+    checked = app.load_checked(cfg, run_dir)
+    if not isinstance(checked, LocalLaunch):
         raise ConfigError("launcher", "slurm", "launch() runs the job on this machine; submit to "
                           "Slurm from the command line (python -m launcher launcher=slurm ...)")
+    job = checked.job
     if call is not None:
         call_file = run_dir / FUNCTION_DIR / CALL_FILE
         job = dataclasses.replace(job, target=Target("function", str(call_file)))
     if job.dry_run:
-        return plan.describe(job)
+        return LocalLaunch(job).describe()
     _log_to_stderr()
-    app.prepare_run_dir(cfg, job)
+    prepare_run_dir(cfg, job)
     if call is not None:
         call_file.parent.mkdir(parents=True, exist_ok=True)
         call_file.write_bytes(call)
-    code = app.launch(job)
+    code = launch_ranks(job)
     if code:
         _raise_failure(run_dir, code)
     if call is None:

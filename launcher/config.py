@@ -20,7 +20,6 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from launcher.allocation import Allocation, sbatch_hint
 from launcher.child import COLLECTIVE_TIMEOUT_ENV, INIT_TIMEOUT_ENV, LOCAL_RANK_ARG_ENV
 from launcher.devices import cuda_device_index
 from launcher.errors import ConfigError
@@ -40,6 +39,7 @@ from launcher.rank_output import (
     LOGS_SUBDIR,
 )
 from launcher.ranks import RankInfo, rank_info
+from launcher.slurm.allocation import Allocation, sbatch_hint
 
 SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 CPU_PROCESSES_WITHOUT_GPU = 2

@@ -18,20 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from launcher.errors import ConfigError, as_config_error
 
 
-def answer_dry_run(job: Any) -> bool:
-    """The one place ``dry_run`` is answered, for a single run (``ValidateBeforeStart``, before
-    Hydra creates the run directory) and for every sweep point (``app.run``, before anything
-    starts): print what would run (each rank's command, or the sbatch script) and return True,
-    and then nothing may start. (A dry-run ``SubmitPlan`` refuses to submit as well.)"""
-    if not job.dry_run:
-        return False
-    from launcher import plan
-    from launcher.submit import SubmitPlan
-
-    print(job.describe() if isinstance(job, SubmitPlan) else plan.describe(job), flush=True)
-    return True
-
-
 def ends_the_run_on_error(hook: Callable[..., None]) -> Callable[..., None]:
     """Hydra turns a callback's exception into a warning, then creates the run directory and runs
     the task. A check (or a dry run) that fails in a callback must end the run there, before
@@ -52,7 +38,7 @@ def ends_the_run_on_error(hook: Callable[..., None]) -> Callable[..., None]:
 
 def _sweeps_launcher_slurm(config: DictConfig) -> bool:
     """``-m launcher=slurm`` (or a sweep over ``launcher`` that includes slurm)."""
-    from launcher.submit import sweep_overrides
+    from launcher.slurm.submit import sweep_overrides
 
     if OmegaConf.select(config, "launcher.name") == "slurm":
         return True
@@ -73,11 +59,11 @@ class ValidateBeforeStart(Callback):
 
     @ends_the_run_on_error
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from launcher.app import validated_job
+        from launcher.app import answer_dry_run, validated_job
 
         HydraConfig.instance().set_config(config)
-        job = validated_job(config, Path(str(config.hydra.run.dir)).absolute(), keep=True)
-        if answer_dry_run(job):
+        launch = validated_job(config, Path(str(config.hydra.run.dir)).absolute(), keep=True)
+        if answer_dry_run(launch):
             sys.exit(0)
 
     @ends_the_run_on_error
@@ -87,7 +73,7 @@ class ValidateBeforeStart(Callback):
         first point); every key the sweep does not vary is checked once, here; on Slurm
         (``hydra/launcher=slurm``) every option the plugin hands to submitit is checked, and a dry
         run prints the sbatch script and submits nothing."""
-        from launcher import submit
+        from launcher.slurm import submit
         from launcher.validation import check_config
 
         HydraConfig.instance().set_config(config)

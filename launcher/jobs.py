@@ -25,12 +25,11 @@ from typing import Any, cast
 
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures
 from launcher.rank_output import LOGS_SUBDIR
+from launcher.slurm import FAILURES_DIR, LOG_FOLDER
+from launcher.slurm.queue import ENDED, REQUEUED, SlurmState, job_state
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
-SLURM_FOLDER = "slurm"  # launcher.submit.LOG_FOLDER
-SLURM_FAILURES = "failures"  # launcher.app.SLURM_FAILURES_DIR
-SLURM_TIMEOUT_S = 5
 # rank_output.capture_rank_output's marker at the start of every attempt of a rank.
 MARKER = re.compile(rb"^==== attempt (\d+): rank (\d+) \(local rank (\d+)\) on (.+?), pid (\d+), "
                     rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ====$", re.MULTILINE)
@@ -40,9 +39,6 @@ SUBMITIT_FILE = re.compile(r"^(\d+(?:_\d+)?)_(?:\d+_log\.(?:out|err)|submitted\.
 SUBMITIT_TASK_LOG = re.compile(r"^(\d+(?:_\d+)?)_(\d+)_log\.out$")
 # The trainer's epoch line (trainer.train): "HH:MM:SS INFO epoch K/N ..."
 EPOCH_LINE = re.compile(rb"(\d\d):(\d\d):(\d\d) \w+ epoch (\d+)/(\d+)")
-SLURM_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-               "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
-SLURM_REQUEUED = {"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING"}
 LAST_LINES = 3
 
 
@@ -97,7 +93,7 @@ def rank_logs(run_dir: Path) -> dict[int, Path]:
 def submitit_task_logs(run_dir: Path) -> dict[int, Path]:
     """submitit's ``slurm/JOBID_TASK_log.out`` by task (= rank), of the newest job id there."""
     by_job: dict[str, dict[int, Path]] = {}
-    folder = run_dir / SLURM_FOLDER
+    folder = run_dir / LOG_FOLDER
     for path in folder.glob("*_log.out") if folder.is_dir() else []:
         match = SUBMITIT_TASK_LOG.match(path.name)
         if match:
@@ -189,7 +185,7 @@ def live_ranks(run_dir: Path) -> tuple[list[Attempt], list[Attempt]]:
 def slurm_job_id(run_dir: Path) -> str | None:
     """The Slurm job of this run dir: from submitit's file names in ``DIR/slurm/`` (the newest
     job there), else from the templates' dir name ``slurm-JOBID``."""
-    folder = run_dir / SLURM_FOLDER
+    folder = run_dir / LOG_FOLDER
     ids = set()
     if folder.is_dir():
         for path in folder.iterdir():
@@ -200,41 +196,6 @@ def slurm_job_id(run_dir: Path) -> str | None:
         return max(ids, key=lambda job: tuple(int(part) for part in job.split("_")))
     match = RUN_DIR_NAME_JOB.match(run_dir.resolve().name)
     return match.group(1) if match else None
-
-
-@dataclass
-class SlurmState:
-    job_id: str
-    state: str | None  # Slurm's (PENDING, RUNNING, REQUEUED, COMPLETED, ...), None: unknown
-    source: str = ""  # squeue, sacct
-    note: str = ""  # why the state is unknown
-
-
-def _slurm_query(command: list[str]) -> tuple[str | None, str]:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
-    except FileNotFoundError:
-        return None, f"{command[0]} not found (no Slurm client here)"
-    except subprocess.TimeoutExpired:
-        return None, f"{command[0]} did not answer within {SLURM_TIMEOUT_S}s"
-    if done.returncode != 0:
-        return None, f"{command[0]}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'exit code ' + str(done.returncode)}"
-    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
-    return (lines[0].split()[0] if lines else None), ""
-
-
-def slurm_state(job_id: str) -> SlurmState:
-    """squeue (queued or running), else sacct (ended), each with a short timeout."""
-    queued, squeue_note = _slurm_query(["squeue", "-h", "-j", job_id, "-o", "%T"])
-    if queued and queued != "COMPLETING":
-        return SlurmState(job_id, queued, "squeue")
-    state, sacct_note = _slurm_query(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id])
-    if state and (queued is None or state in SLURM_ENDED):  # COMPLETING: how it ended, once known
-        return SlurmState(job_id, state, "sacct")
-    if queued:
-        return SlurmState(job_id, queued, "squeue")
-    notes = [note for note in (squeue_note, sacct_note) if note]
-    return SlurmState(job_id, None, note="; ".join(notes) or "neither squeue nor sacct knows the job")
 
 
 # --- progress, failure ---------------------------------------------------------------------------
@@ -338,7 +299,7 @@ def failure_info(run_dir: Path) -> dict[str, Any] | None:
     if isinstance(record, dict):
         where.append(f"{path} (\"traceback\")")
     else:
-        failures = run_dir / SLURM_FAILURES
+        failures = run_dir / FAILURES_DIR
         recorded = recorded_failures(failures) if failures.is_dir() else []
         if not recorded:
             return None
@@ -378,7 +339,7 @@ def _tail_lines(path: Path, count: int = LAST_LINES) -> list[str]:
 
 def looks_like_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in (
-        "config.yaml", LOGS_SUBDIR, SLURM_FOLDER, SUMMARY_FILE, FAILURE_FILE, METRICS_FILE, "launcher.log"))
+        "config.yaml", LOGS_SUBDIR, LOG_FOLDER, SUMMARY_FILE, FAILURE_FILE, METRICS_FILE, "launcher.log"))
 
 
 def check_run_dir(path: Path) -> Path:
@@ -451,13 +412,13 @@ def _slurm_run_state(slurm: SlurmState) -> tuple[str, str]:
         return "running", detail
     if state in ("PENDING", "SUSPENDED", "STOPPED"):
         return state.lower(), detail
-    if state in SLURM_REQUEUED:
+    if state in REQUEUED:
         return "requeued", detail
     if state == "COMPLETED":
         return "finished", detail
     if state == "CANCELLED":
         return "cancelled", detail
-    if state in SLURM_ENDED:
+    if state in ENDED:
         return "failed", detail
     return state.lower(), detail
 
@@ -477,7 +438,7 @@ def status(run_dir: Path) -> Status:
     elif (run_dir / FAILURE_FILE).exists():
         state, detail = "failed", f"{FAILURE_FILE} written"
     elif job_id is not None:
-        slurm = slurm_state(job_id)
+        slurm = job_state(job_id)
         state, detail = _slurm_run_state(slurm)
     else:
         alive, elsewhere = live_ranks(run_dir)
@@ -597,7 +558,7 @@ def run_ended(run_dir: Path, job_id: str | None) -> bool:
     if launcher_log_verdict(run_dir) is not None:
         return True
     if job_id is not None:
-        return slurm_state(job_id).state in SLURM_ENDED
+        return job_state(job_id).state in ENDED
     return False
 
 
@@ -653,11 +614,11 @@ def logs_main(argv: list[str]) -> int:
     if refused_as_not_a_run_dir(run_dir):
         return 2
     logs, fallback = rank_logs(run_dir), False
-    if not logs and (run_dir / SLURM_FOLDER).is_dir():
+    if not logs and (run_dir / LOG_FOLDER).is_dir():
         logs, fallback = submitit_task_logs(run_dir), True
     if args.rank not in logs:
         there = ", ".join(map(str, logs)) or "none"
-        where = f"{run_dir / SLURM_FOLDER} (submitit's task logs)" if fallback else str(run_dir / LOGS_SUBDIR)
+        where = f"{run_dir / LOG_FOLDER} (submitit's task logs)" if fallback else str(run_dir / LOGS_SUBDIR)
         print(f"error: no log of rank {args.rank} in {where}; ranks there: {there}", file=sys.stderr)
         return 2
     path = logs[args.rank]
@@ -744,8 +705,8 @@ def cancel_main(argv: list[str]) -> int:
         return 2
     job_id = slurm_job_id(run_dir)
     if job_id is not None:
-        state = slurm_state(job_id)
-        if state.state in SLURM_ENDED:
+        state = job_state(job_id)
+        if state.state in ENDED:
             print(f"Slurm job {job_id} already ended ({state.state}): nothing to cancel")
             return 0
         try:

@@ -6,7 +6,6 @@ import os
 
 from launcher.config import JobConfig
 from launcher.devices import cuda_device_index, physical_device
-from launcher.modes import get_mode
 from launcher.ranks import node_ranks
 
 
@@ -32,7 +31,8 @@ def node_place(job: JobConfig) -> str:
     return f"node {job.node_rank} of {job.nodes} (world size {job.world_size})"
 
 
-def describe(job: JobConfig) -> str:
+def describe(job: JobConfig, command: str) -> str:
+    """Each rank's place and device, then ``command``: how the launch starts them."""
     gpus = job.local_world_size if job.ranks_from_rendezvous else list(job.procs_per_node)
     interface = job.socket_ifname or "as in the environment"
     lines = [
@@ -54,9 +54,6 @@ def describe(job: JobConfig) -> str:
         lines.append(f"  {place} device={_device(job, info.local_rank)}")
     if job.plugins is not None:
         lines.append(f"  trainer: {job.plugins}")
-    if job.slurm_rank is None:
-        lines.append(f"  command: {get_mode(job.mode.name).command_line(job)}")
-    else:
-        lines.append(f"  command: (in this process) python {' '.join(job.target.python_args())}")
+    lines.append(f"  command: {command}")
     lines.append("nothing was started")
     return "\n".join(lines)

@@ -22,10 +22,10 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from launcher.allocation import SLURM_TASK_ROLES
 from launcher.config import MODULE_NAME, split_endpoint
 from launcher.errors import ConfigError
-from launcher.submit import submission_from_config
+from launcher.slurm.allocation import SLURM_TASK_ROLES
+from launcher.slurm.submit import submission_from_config
 from launcher.targets import HYDRA_KEYS, TRAINER_KEYS, check_plugins
 from launcher.warm import START_METHODS
 from trainer.options import (

@@ -8,10 +8,8 @@ from launcher.environments import (
     SlurmEnvironment,
     TorchElasticEnvironment,
     detect,
-    expand_hostlist,
-    expand_tasks_per_node,
-    port_from_job_id,
 )
+from launcher.slurm.hostlist import expand_hostlist, expand_tasks_per_node, port_from_job_id
 
 TORCHRUN = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
             "GROUP_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}

@@ -4,7 +4,7 @@
 it; with ``launcher=slurm`` it prints the sbatch script submitit would hand to Slurm. Each case
 below is a command line; its text is made in-process, as the command line makes it (the flags
 read by ``launcher.cli``, the config composed with Hydra's compose API, checked by
-``launcher.app.load_checked``, printed by ``launcher.plan.describe`` or ``SubmitPlan.describe``),
+``launcher.app.load_checked``, printed by the launch's ``describe()``),
 and compared exactly with ``tests/golden/<case>.txt``. ``test_the_command_line_prints_the_golden_text``
 (slow) runs the real ``python -m launcher`` on the same command lines and compares its output with
 the same files.
@@ -43,12 +43,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from launcher import app, plan
+from launcher import app
 from launcher.__main__ import CONFIG_DIR
 from launcher.cli import parse_command_line
 from launcher.modes import mp_spawn
 from launcher.network import free_port
-from launcher.submit import SubmitPlan
 from tests.conftest import REPO
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -131,9 +130,9 @@ def printed_in_process(case: Case, monkeypatch: pytest.MonkeyPatch) -> str:
                       return_hydra_config=True)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after
     HydraConfig.instance().set_config(cfg)  # as Hydra sets it; SubmitPlan reads the overrides there
-    job = app.load_checked(cfg, case.run_dir)
-    assert job.dry_run
-    return job.describe() if isinstance(job, SubmitPlan) else plan.describe(job)
+    launch = app.load_checked(cfg, case.run_dir)
+    assert launch.dry_run
+    return launch.describe()
 
 
 @pytest.mark.parametrize("name", CASES)

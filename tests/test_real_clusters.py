@@ -14,11 +14,15 @@ from omegaconf import OmegaConf
 
 from launcher.config import _backend, load_job_config
 from launcher.devices import cuda_device_index
-from launcher.environments import SlurmEnvironment, expand_hostlist
+from launcher.environments import SlurmEnvironment
 from launcher.errors import ConfigError
-from launcher.plan import describe
+from launcher.local import LocalLaunch
 from launcher.resolvers import slurm_gpus
-from launcher.submit import plan_submission, slurm_state, wait_for
+from launcher.slurm.hostlist import expand_hostlist
+from launcher.slurm.queue import job_state
+from launcher.slurm.submit import plan_submission
+from launcher.slurm.task import SlurmTask
+from launcher.slurm.watch import wait_for
 from tests.test_submit_safety import NO_SLURM, composed, config, only_error_line
 
 # --- 3. host lists ------------------------------------------------------------------------------
@@ -220,24 +224,24 @@ def fake_tools(tmp_path: Path, monkeypatch, **scripts: str) -> None:
 
 def test_state_from_sacct(tmp_path, monkeypatch):
     fake_tools(tmp_path, monkeypatch, sacct="echo 'CANCELLED by 0'", squeue="exit 1", scontrol="exit 1")
-    assert slurm_state("77") == "CANCELLED"
+    assert job_state("77").state == "CANCELLED"
 
 
 def test_state_falls_back_to_squeue_without_sacct(tmp_path, monkeypatch):
     fake_tools(tmp_path, monkeypatch, squeue="echo RUNNING", scontrol="exit 1")
-    assert slurm_state("77") == "RUNNING"
+    assert job_state("77").state == "RUNNING"
 
 
 def test_state_falls_back_to_scontrol_when_sacct_fails_and_squeue_forgot_the_job(tmp_path, monkeypatch):
     fake_tools(tmp_path, monkeypatch, sacct="echo 'sacct: error: slurmdbd down' >&2; exit 1",
                squeue="echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",
                scontrol="echo 'JobId=77 JobName=x'; echo '   JobState=COMPLETED Reason=None Dependency=(null)'")
-    assert slurm_state("77") == "COMPLETED"
+    assert job_state("77").state == "COMPLETED"
 
 
 def test_no_slurm_tool_answers(tmp_path, monkeypatch):
     fake_tools(tmp_path, monkeypatch)
-    assert slurm_state("77") is None
+    assert job_state("77").state is None
 
 
 # --- 2. which GPU a rank uses -------------------------------------------------------------------
@@ -305,7 +309,7 @@ def nccl_plan(tmp_path, monkeypatch, cuda_devices: int, visible: str | None, *ov
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     cfg = composed("dry_run=true", "backend=gloo", *overrides)
     job = load_job_config(cfg, tmp_path / "run")
-    return describe(dataclasses.replace(job, backend="nccl", cuda_devices=cuda_devices))
+    return LocalLaunch(dataclasses.replace(job, backend="nccl", cuda_devices=cuda_devices)).describe()
 
 
 def test_dry_run_device_column_follows_the_rule(tmp_path, monkeypatch):
@@ -325,7 +329,7 @@ def test_users_cuda_visible_devices_is_shown_in_the_dry_run(launcher):
 
 
 def test_dry_run_of_a_slurm_task_bound_to_one_gpu(tmp_path, monkeypatch):
-    from launcher.allocation import Allocation
+    from launcher.slurm.allocation import Allocation
 
     step = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
             "SLURM_NTASKS": "4", "SLURM_NODEID": "1", "SLURM_TASKS_PER_NODE": "2(x2)",
@@ -334,6 +338,6 @@ def test_dry_run_of_a_slurm_task_bound_to_one_gpu(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     cfg = composed("dry_run=true", "backend=gloo", "master_addr=auto")
     job = load_job_config(cfg, tmp_path / "run", allocation)
-    text = describe(dataclasses.replace(job, backend="nccl", cuda_devices=1))
+    text = SlurmTask(dataclasses.replace(job, backend="nccl", cuda_devices=1)).describe()
     assert "local_rank=1 rank=3" in text and "device=cuda:0 (CUDA_VISIBLE_DEVICES entry 1)" in text
     assert OmegaConf.select(cfg, "slurm.setup") == []

@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from launcher.errors import ConfigError
-from launcher.submit import plan_submission, sbatch_script, submission_from_config
+from launcher.slurm.submit import plan_submission, sbatch_script, submission_from_config
 from tests.conftest import REPO, Launcher
 
 # The venv's bin: python and the launcher's own tools, but no sbatch, srun or squeue.
@@ -154,7 +154,7 @@ def test_the_printed_script_is_the_submitted_one_and_needs_no_slurm_command(tmp_
 def test_the_sweep_dry_run_prints_the_script_hydras_submitit_launcher_submits(tmp_path, refusing_sbatch):
     from hydra.utils import instantiate
 
-    from launcher.submit import check_slurm_sweep
+    from launcher.slurm.submit import check_slurm_sweep
 
     cfg = composed("hydra/launcher=slurm", "nodes=2", "gpus=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                    "slurm.partition=debug", "slurm.mem_gb=2")
@@ -181,7 +181,7 @@ HOSTILE_SWEEP_IDS = ["job-name-newline", "additional-value-newline", "additional
 
 @pytest.mark.parametrize(("override", "key"), HOSTILE_SWEEP_VALUES, ids=HOSTILE_SWEEP_IDS)
 def test_a_slurm_sweep_option_that_would_break_its_line_is_refused(tmp_path, override, key):
-    from launcher.submit import check_slurm_sweep
+    from launcher.slurm.submit import check_slurm_sweep
 
     cfg = composed("hydra/launcher=slurm", "nodes=1", "gpus=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                    override)
@@ -193,7 +193,7 @@ def test_a_slurm_sweep_option_that_would_break_its_line_is_refused(tmp_path, ove
 
 
 def test_a_dry_run_plan_cannot_submit(tmp_path, monkeypatch):
-    import launcher.submit as submit
+    import launcher.slurm.submit as submit
 
     plan = plan_submission(OmegaConf.merge(config(), {"dry_run": True}), tmp_path / "run")
     monkeypatch.setattr(submit, "slurm_executor", lambda *args, **kwargs: pytest.fail("reached submitit"))

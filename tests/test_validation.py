@@ -288,7 +288,7 @@ def test_two_nodes_need_an_index_and_an_address(checked):
     port = free_port("127.0.0.1")
     with pytest.raises(ConfigError, match="master_addr"):
         checked("nodes=2", f"master_port={port}", "node_rank=1")
-    job = checked("nodes=2", f"master_port={port}", "node_rank=1", "master_addr=127.0.0.1")
+    job = checked("nodes=2", f"master_port={port}", "node_rank=1", "master_addr=127.0.0.1").job
     assert (job.node_rank, job.master_addr) == (1, "127.0.0.1")
 
 

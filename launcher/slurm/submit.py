@@ -13,12 +13,8 @@ checked first: single-line values, option names of letters, digits, ``_`` and ``
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shlex
-import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +22,13 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from launcher.cli import hydra_quote
 from launcher.errors import ConfigError
-from launcher.failures import recorded_failures
+from launcher.launches import JobFailed
 from launcher.resolvers import gpus_per_node
-from launcher.supervise import run_forwarding_signals
+from launcher.slurm import LOG_FOLDER
+from launcher.slurm.task import RankTask, run_dir_override
+from launcher.slurm.watch import wait_for
 
-LOG_FOLDER = "slurm"
 SIGNAL_FORMAT = "USR2@SECONDS (submitit's time-limit signal, e.g. USR2@90)"
 OPTION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 LINE_BREAKS = ("\n", "\r", "\0")
@@ -168,49 +164,12 @@ def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
     )
 
 
-class RankTask:
-    """What every Slurm task runs (pickled by submitit): ``python -m launcher OVERRIDES``.
-
-    The launcher in the task sees the Slurm step and becomes its rank. Time-limit signals go to
-    the ranks, which checkpoint and requeue the job themselves; submitit's own handler would requeue
-    at once, before the checkpoint is written, so this process only passes signals on.
-    """
-
-    def __init__(self, overrides: list[str], run_dir: Path) -> None:
-        self.overrides = overrides
-        self.run_dir = run_dir
-
-    def __call__(self) -> int:
-        command = [sys.executable, "-m", "launcher", *self.overrides, run_dir_override(self.run_dir)]
-        code = run_forwarding_signals(command)
-        if code:
-            raise RuntimeError(failure_report(self.run_dir) or f"rank exited with code {code}")
-        return code
-
-
-def failure_report(run_dir: Path) -> str | None:
-    """The first recorded failure of the job's last attempt, with its traceback."""
-    from launcher.failures import first_failure
-
-    failures_dir = run_dir / "failures"
-    recorded = recorded_failures(failures_dir) if failures_dir.is_dir() else []
-    if not recorded:
-        return None
-    failure = first_failure(failures_dir, {failure.rank: (1, failure.time) for failure in recorded})
-    return failure.describe() if failure else None
-
-
 def _job_overrides() -> list[str]:
     """The user's overrides, minus what only concerns the submission."""
     from hydra.core.hydra_config import HydraConfig
 
     dropped = ("launcher=", "dry_run=", "hydra.run.dir=", "slurm.wait=")
     return [item for item in HydraConfig.get().overrides.task if not item.startswith(dropped)]
-
-
-def run_dir_override(run_dir: Path) -> str:
-    """``hydra.run.dir=`` for the tasks, quoted so that Hydra reads back exactly ``run_dir``."""
-    return f"hydra.run.dir={hydra_quote(str(run_dir))}"
 
 
 def check_run_dir(key: str, run_dir: Path) -> None:
@@ -297,8 +256,13 @@ class SubmitPlan:
             "# nothing was submitted",
         ])
 
+    def run(self, cfg: DictConfig, sweep_point: bool) -> None:
+        code = self.submit()
+        if code:
+            raise JobFailed(f"Slurm job of {self.run_dir} did not complete", code)
+
     def submit(self) -> int:
-        if self.dry_run:  # answered before (hydra_callbacks.answer_dry_run); never reaches sbatch
+        if self.dry_run:  # answered before (app.answer_dry_run); never reaches sbatch
             raise RuntimeError("dry_run=true: a dry run submits nothing")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         job = slurm_executor(self.folder, self.parameters()).submit(RankTask(_job_overrides(), self.run_dir))
@@ -412,102 +376,3 @@ def sweep_points(cfg: DictConfig) -> list[int] | None:
     except Exception:  # e.g. glob(), which needs the config's groups: the sweeper reports it
         return None
     return [len(batch) for batch in batches]
-
-
-def _progress_lines(train_log: Path, offset: int) -> tuple[list[str], int]:
-    if not train_log.exists():
-        return [], offset
-    with train_log.open() as file:
-        file.seek(offset)
-        text = file.read()
-    complete = text[: text.rfind("\n") + 1]
-    return complete.splitlines(), offset + len(complete)
-
-
-SLURM_TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                         "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
-
-
-# Asking Slurm: every 2 s in the job's first minute, then every 20 s (slurmctld and slurmdbd serve
-# every user of the cluster); rank 0's log is still streamed every second.
-FAST_POLL_S, SLOW_POLL_S, FAST_PHASE_S = 2.0, 20.0, 60.0
-STATE_FAILURES_TO_GIVE_UP = 10  # polls in a row where neither sacct, squeue nor scontrol answered
-STATE_QUERY_TIMEOUT_S = 30
-
-
-def poll_interval(elapsed_s: float) -> float:
-    return FAST_POLL_S if elapsed_s < FAST_PHASE_S else SLOW_POLL_S
-
-
-def _query(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=STATE_QUERY_TIMEOUT_S,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-def slurm_state(job_id: str) -> str | None:
-    """The job's state (``RUNNING``, ``COMPLETED``, ...) from ``sacct``, else ``squeue`` (while
-    the job is queued or running), else ``scontrol show job`` (also some minutes after it ended);
-    None when none of them answers."""
-    answer = _query(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"])
-    lines = [line.split()[0] for line in (answer or "").splitlines() if line.strip()]
-    if lines:
-        return lines[-1]
-    answer = _query(["squeue", "-h", "-j", job_id, "-o", "%T"])
-    if answer and answer.split():
-        return answer.split()[0]
-    match = re.search(r"\bJobState=(\S+)", _query(["scontrol", "show", "job", job_id]) or "")
-    return match.group(1) if match else None
-
-
-def wait_for(job: Any, run_dir: Path, *, state_of: Any = slurm_state, sleep: Any = time.sleep,
-             clock: Any = time.monotonic, tail_s: float = 1.0) -> int:
-    """Stream rank 0's progress until Slurm says the job ended (requeues included); exit code 0
-    only for COMPLETED. (submitit's ``done()`` turns true as soon as rank 0 returned, before Slurm
-    has the job's final state.) Gives up, exit code 1, when Slurm cannot be asked repeatedly."""
-    offset = 0
-    train_log = run_dir / "train.log"
-    job_id = str(job.job_id)
-    start = next_poll = clock()
-    failures = 0
-    while True:
-        lines, offset = _progress_lines(train_log, offset)
-        for line in lines:
-            print(line, flush=True)
-        now = clock()
-        if now >= next_poll:
-            state = state_of(job_id)
-            if state is None:
-                failures += 1
-                if failures >= STATE_FAILURES_TO_GIVE_UP:
-                    print(f"stopped waiting for job {job_id}: sacct, squeue and scontrol gave no state "
-                          f"{failures} times in a row; the job may still run (squeue -j {job_id}), its "
-                          f"logs are in {run_dir / LOG_FOLDER}", file=sys.stderr)
-                    return 1
-            else:
-                failures = 0
-                if state in SLURM_TERMINAL_STATES:
-                    break
-            next_poll = now + poll_interval(now - start)
-        sleep(tail_s)
-    lines, _ = _progress_lines(train_log, offset)
-    for line in lines:
-        print(line, flush=True)
-    if state == "COMPLETED":
-        summary = run_dir / "summary.json"
-        if summary.exists():
-            print(f"job {job.job_id} COMPLETED: {json.dumps(json.loads(summary.read_text()))}")
-        return 0
-    report = failure_report(run_dir)
-    print(f"job {job.job_id} ended {state}", file=sys.stderr)
-    if report:
-        print(report, file=sys.stderr)
-    else:
-        stderr = Path(str(job.paths.stderr).replace("%t", "0"))
-        if stderr.exists():
-            print(f"--- {stderr} (tail) ---", file=sys.stderr)
-            print("\n".join(stderr.read_text().splitlines()[-20:]), file=sys.stderr)
-    return 1

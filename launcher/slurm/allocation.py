@@ -24,6 +24,7 @@ class Allocation:
     master_addr: str  # first host of the node list, unless MASTER_ADDR is exported
     master_port: int  # derived from the job id (every task agrees), unless MASTER_PORT is exported
     job_id: str
+    hosts: tuple[str, ...]  # the step's nodes, in node-rank order
 
     @classmethod
     def from_slurm(cls, slurm: SlurmEnvironment) -> Allocation:
@@ -37,6 +38,7 @@ class Allocation:
             master_addr=slurm.main_address(),
             master_port=slurm.main_port(),
             job_id=slurm.environ.get("SLURM_JOB_ID", "?"),
+            hosts=tuple(slurm.hosts()),
         )
 
 
