@@ -3,7 +3,9 @@
 ``check_config`` resolves the composed config once (an interpolation that cannot be resolved is
 named by its key), then holds every value against its ``Rule``: a type, a range or a list of
 choices. A bad value is a ``ConfigError`` naming the key, the value and what is allowed; the ranks
-never see it. Relations between keys and what this machine decides (a node rank below the node
+never see it. The rules of the keys the schema types (``launcher.schema``, ``trainer.options``)
+are derived from its fields (``launcher.rules.schema_rules``); the plug-in blocks' are written
+here. Relations between keys and what this machine decides (a node rank below the node
 count, a free port, a CUDA device, an existing file) are checked where the job is built
 (``launcher.config``); ``check_schedule`` needs the job's world size from there.
 
@@ -14,54 +16,42 @@ that ``_target_`` names: a class of the user's own gets its keys as written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from launcher.config import MODULE_NAME, split_endpoint
 from launcher.errors import ConfigError
-from launcher.slurm.allocation import SLURM_TASK_ROLES
+from launcher.rules import (
+    AUTO,
+    BOOLEAN,
+    COUNT,
+    DOTTED_NAME,
+    EXISTING_FILE,
+    FINITE,
+    HYDRA_CONVERT,
+    INSTANTIABLE,
+    NULL,
+    TEXT,
+    Rule,
+    choice,
+    integer,
+    is_int,
+    is_text,
+    listof,
+    number,
+    schema_rules,
+)
+from launcher.schema import LAUNCH_MODES, Config
 from launcher.slurm.submit import submission_from_config
 from launcher.targets import HYDRA_KEYS, TRAINER_KEYS, check_plugins
-from launcher.warm import START_METHODS
 from trainer.options import (
-    BUILTIN_METRICS,
-    CACHE_SCOPES,
-    IMPROVEMENT_MODES,
     LR_SCALING_RULES,
-    MATMUL_PRECISIONS,
-    PRECISIONS,
-    PROGRESS_BAR,
     SCHEDULE_INTERVALS,
-    WORKER_START_METHODS,
+    DataLoaderOptions,
     reported_metrics,
 )
-from trainer.options import MODES as TRAINER_MODES
-
-MODES = ("torchrun", "mp_spawn", "slurm")  # conf/launcher/*.yaml's name
-RENDEZVOUS = ("static", "c10d")
-BACKENDS = ("auto", "nccl", "gloo")
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key allows: ``accepts`` decides, ``allowed`` says it in the error message."""
-
-    allowed: str
-    accepts: Callable[[Any], bool]
-
-    def __or__(self, other: Rule) -> Rule:
-        return Rule(f"{self.allowed} or {other.allowed}",
-                    lambda value: self.accepts(value) or other.accepts(value))
-
-    def check(self, key: str, value: Any, source: str | None = None) -> None:
-        """``source``: the interpolation the value came from, named so the key to change is clear."""
-        if not self.accepts(value):
-            raise ConfigError(key, value, f"allowed: {self.allowed}" + (f" (it is {source})" if source else ""))
 
 
 class _Missing:
@@ -73,165 +63,29 @@ class _Missing:
 
 MISSING = _Missing()
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """Finite: nan and inf are no count of seconds, no rate and no size."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _shown(value: Any) -> str:
-    """A choice as it is typed on the command line."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else str(value).lower()
-    return str(value)
-
-
-def integer(low: int | None = None, high: int | None = None, what: str = "an integer") -> Rule:
-    bounds = f" in {low}-{high}" if high is not None else f" >= {low}" if low is not None else ""
-    return Rule(what + bounds, lambda value: _is_int(value) and (low is None or value >= low)
-                and (high is None or value <= high))
-
-
-def number(low: float, high: float | None = None, *, exclusive: bool = False,
-           what: str = "a number") -> Rule:
-    """A finite number from ``low`` (to ``high``), both included unless ``exclusive``."""
-    if high is None:
-        bounds = f"{'>' if exclusive else '>='} {low:g}"
-    else:
-        bounds = f"in {'(' if exclusive else '['}{low:g}, {high:g}{')' if exclusive else ']'}"
-
-    def accepts(value: Any) -> bool:
-        if not _is_number(value):
-            return False
-        above = value > low if exclusive else value >= low
-        below = high is None or (value < high if exclusive else value <= high)
-        return above and below
-
-    return Rule(f"{what} {bounds}", accepts)
-
-
-def choice(*values: Any, normalise: Callable[[Any], Any] | None = None) -> Rule:
-    """One of ``values``, of the same type (``1`` is not ``true``); ``normalise`` maps a value
-    first (``trainer.precision``: 32 and "32" are one choice)."""
-    def accepts(value: Any) -> bool:
-        if normalise is not None:
-            return not isinstance(value, bool) and normalise(value) in values
-        return any(type(value) is type(allowed) and value == allowed for allowed in values)
-
-    return Rule(", ".join(_shown(value) for value in values), accepts)
-
-
-def listof(item: Rule, items: str) -> Rule:
-    """A non-empty list, every item allowed by ``item`` (``items`` names them in the message)."""
-    return Rule(f"a list of {items}", lambda value: isinstance(value, list) and bool(value)
-                and all(item.accepts(entry) for entry in value))
-
-
-def _text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
-NULL = Rule("null", lambda value: value is None)
-FINITE = Rule("a number", _is_number)
-AUTO = choice("auto")
-BOOLEAN = choice(True, False)
-TEXT = Rule("a non-empty string", _text)
-HOST = Rule("a host name or address", lambda value: _text(value) and not any(c.isspace() for c in value))
-DOTTED_NAME = Rule("a dotted Python name such as mypkg.MyNet",
-                   lambda value: isinstance(value, str) and bool(MODULE_NAME.fullmatch(value)))
-QUALIFIED_NAME = Rule("a module and a name in it, such as mypkg.step",
-                      lambda value: DOTTED_NAME.accepts(value) and "." in value)
-INSTANTIABLE = Rule("a mapping with a _target_ (a dotted Python name)",
-                    lambda value: isinstance(value, Mapping) and DOTTED_NAME.accepts(value.get("_target_")))
-ENDPOINT = Rule("HOST:PORT with a port in 1-65535",
-                lambda value: isinstance(value, str) and split_endpoint(value) is not None)
-ARGUMENTS = Rule("a list of arguments, or one string split as a shell would",
-                 lambda value: isinstance(value, str) or isinstance(value, list)
-                 and all(isinstance(arg, (str, int, float, bool)) for arg in value))
-EXISTING_FILE = Rule("the path of an existing file",
-                     lambda value: _text(value) and Path(value).expanduser().is_file())
-RANKS = choice("all") | integer(0, what="a rank") | listof(integer(0), "ranks like [0,3]")
-# torchrun's rendezvous and shutdown take whole seconds (it truncates 0.5 to 0: no wait at all).
-WHOLE_SECONDS = integer(1, what="whole seconds, an integer")
-SECONDS = number(1, what="seconds, a number")
-COUNT = integer(1)
-HYDRA_CONVERT = choice("none", "partial", "object", "all")  # Hydra's _convert_ of an instantiated node
-
 # Sections: a mapping of their own keys (``trainer=3`` would replace them all).
 SECTIONS = ("launcher", "trainer", "save", "slurm", "data", "model", "optim", "sched", "loss")
 
-# Every config has these keys; the trainer or the launcher reads each of them.
+
+def _launch_mode_rules() -> tuple[dict[str, Rule], dict[str, Rule]]:
+    """The launch modes' keys: those every mode has, and those of some modes only (checked where
+    set). A key several modes share has one rule (tests/test_schema.py holds them equal)."""
+    rules = [schema_rules(mode, "launcher.") for mode in LAUNCH_MODES.values()]
+    common = set.intersection(*(set(mode) for mode in rules))
+    every = {key: rule for mode in rules for key, rule in mode.items() if key in common}
+    some = {key: rule for mode in rules for key, rule in mode.items() if key not in common}
+    return every, some
+
+
+_EVERY_MODE, _SOME_MODES = _launch_mode_rules()
+
+# Every config has these keys; the trainer or the launcher reads each of them. The schema's keys
+# (launcher.schema, trainer.options) derive their rules; the plug-in blocks' are written here.
 KEYS: dict[str, Rule] = {
-    "nodes": AUTO | integer(1),
-    "gpus": AUTO | integer(1) | listof(integer(1), "per-node counts like [4,2]"),
-    "node_rank": AUTO | integer(0),
-    "master_addr": AUTO | HOST,
-    "master_port": AUTO | integer(1, 65535),
-    "slurm_task": choice(*SLURM_TASK_ROLES),
-    "local_addr": AUTO | HOST,
-    "socket_ifname": AUTO | NULL | Rule("interface names like eth0 or eth0,ib0", _text),
-    "backend": choice(*BACKENDS),
-    "init_timeout": WHOLE_SECONDS,
-    "collective_timeout": SECONDS,
-    "seed": integer(0),
-    "deterministic": BOOLEAN,
-    "cudnn_benchmark": BOOLEAN,
-    "dry_run": BOOLEAN,
-    "script": NULL | TEXT,
-    "script_args": ARGUMENTS,
-    "script_module": BOOLEAN,
-    "no_python": BOOLEAN,
-    "console_ranks": RANKS,
-    "console_local_ranks": RANKS,
-    "resume": NULL | AUTO | Rule("the path of a checkpoint", _text),
-    "overwrite": BOOLEAN,
-    "checkpoint": NULL | Rule("the path of a checkpoint", _text),
-    "task": NULL | QUALIFIED_NAME,
-    "metrics": AUTO | Rule(
-        f"a list of metrics ({', '.join(BUILTIN_METRICS)} or dotted names of functions), [] for none",
-        lambda value: isinstance(value, list) and all(
-            item in BUILTIN_METRICS or QUALIFIED_NAME.accepts(item) for item in value)),
-    "launcher.name": choice(*MODES),
-    "trainer.mode": choice(*TRAINER_MODES),
-    "trainer.epochs": COUNT,
-    "trainer.log_every_steps": integer(0),
-    "trainer.stop_check_steps": COUNT,
-    "trainer.precision": choice(*PRECISIONS, normalise=str),
-    "trainer.matmul_precision": choice(*MATMUL_PRECISIONS),
-    "trainer.accumulate": COUNT,
-    "trainer.clip_grad_norm": NULL | number(0, exclusive=True),
-    "trainer.channels_last": BOOLEAN,
-    "trainer.compile": BOOLEAN,
-    "trainer.progress_bar": choice(*PROGRESS_BAR),
-    "trainer.tensorboard": BOOLEAN,
-    "trainer.tensorboard_every_steps": COUNT,
-    "save.every_epochs": integer(0),
-    "save.every_steps": integer(0),
-    "save.keep_last": COUNT,
-    "save.best.monitor": NULL | Rule("a validation metric such as val_loss or val_acc",
-                                     lambda value: isinstance(value, str) and value.startswith("val_")),
-    "save.best.mode": choice(*IMPROVEMENT_MODES),
-    "trainer.early_stop.monitor": NULL | Rule("a validation metric such as val_loss or val_acc",
-                                              lambda value: isinstance(value, str) and value.startswith("val_")),
-    "trainer.early_stop.mode": choice(*IMPROVEMENT_MODES),
-    "trainer.early_stop.patience": COUNT,
-    "trainer.early_stop.min_delta": number(0),
-    "slurm.gpus_per_node": AUTO | integer(0),
-    "slurm.max_requeues": integer(0),
+    **schema_rules(Config, ""),
+    **_EVERY_MODE,
+    **schema_rules(DataLoaderOptions, "data."),
     "data.dataset": INSTANTIABLE,
-    "data.root": TEXT,
-    "data.cache_scope": choice(*CACHE_SCOPES),
-    "data.prepare_timeout": SECONDS,
-    "data.batch_size": COUNT,
-    "data.num_workers": integer(0),
-    "data.worker_start_method": choice(*WORKER_START_METHODS),
-    "data.shuffle": BOOLEAN,
-    "data.drop_last": BOOLEAN,
-    "data.num_classes": NULL | COUNT,
     "model._target_": DOTTED_NAME,
     "loss._target_": DOTTED_NAME,
     "optim._target_": DOTTED_NAME,
@@ -243,17 +97,10 @@ KEYS: dict[str, Rule] = {
 
 # Keys of some group options only (a launcher mode's, the image data sets'): checked where set.
 IF_SET: dict[str, Rule] = {
+    **_SOME_MODES,
     "model.freeze": Rule("a list of submodule names like [conv1,layer1]",
                          lambda value: isinstance(value, list) and all(
-                             _text(item) or _is_int(item) for item in value)),
-    "launcher.rdzv": choice(*RENDEZVOUS),
-    "launcher.rdzv_endpoint": NULL | ENDPOINT,
-    "launcher.rdzv_id": NULL | TEXT,
-    "launcher.max_restarts": integer(0),
-    "launcher.monitor_interval_s": number(0, exclusive=True, what="seconds, a number"),
-    "launcher.start_method": choice(*START_METHODS),
-    "launcher.shutdown_grace_s": integer(0, what="whole seconds, an integer"),
-    "launcher.local_rank_arg": BOOLEAN,
+                             is_text(item) or is_int(item) for item in value)),
     "data.image_size": COUNT,
     "data.resize_size": COUNT,
     "data.mean": listof(FINITE, "numbers, one per channel"),

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler, TensorDataset
 from trainer.env import DistEnv
 from trainer.files import write_atomic
 from trainer.logs import get_logger
+from trainer.options import DataLoaderOptions
 
 log = get_logger("data")
 
@@ -44,12 +45,12 @@ class Data:
         self.train, self.val, self.num_classes = train, val, num_classes
 
     @classmethod
-    def open(cls, cfg: DictConfig, env: DistEnv) -> Data:
-        """Prepared once per cache scope, behind a barrier that outlasts slow downloads; then every
-        rank opens it."""
-        node, module = cfg.data.dataset, None
+    def open(cls, node: DictConfig, loader: DataLoaderOptions, env: DistEnv) -> Data:
+        """``data.dataset`` (``node``), prepared once per cache scope, behind a barrier that
+        outlasts slow downloads; then every rank opens it."""
+        module = None
         function = not inspect.isclass(get_object(node._target_))
-        with caching_rank_first(env, cfg.data.cache_scope, cfg.data.prepare_timeout) as caching:
+        with caching_rank_first(env, loader.cache_scope, loader.prepare_timeout) as caching:
             if function:
                 splits: Any = instantiate(node)
             else:
@@ -61,7 +62,7 @@ class Data:
         if not (isinstance(splits, (tuple, list)) and len(splits) == 2):
             raise TypeError(f"data.dataset ({node._target_}) gave {type(splits).__name__}, not "
                             "(train, val): a data module's datasets() or a data function returns both")
-        num_classes = cfg.data.get("num_classes")
+        num_classes = loader.num_classes
         if num_classes is None:
             num_classes = getattr(module, "num_classes", None)
         return cls(splits[0], splits[1], num_classes)

@@ -9,22 +9,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from trainer.options import improvement_mode
+from trainer.options import Best, EarlyStop, ImprovementMode, improvement_mode
 
 
 @dataclass(frozen=True)
 class Improvement:
     monitor: str  # a key of the validation metrics: val_loss, val_acc, val_NAME
-    mode: str  # min | max
+    mode: ImprovementMode  # min | max
     min_delta: float = 0.0  # a change smaller than this is no improvement
 
     @classmethod
-    def from_config(cls, node: Mapping | None) -> Improvement | None:
+    def from_options(cls, options: Best | EarlyStop) -> Improvement | None:
         """None where the block is off (``monitor: null``)."""
-        if node is None or node.get("monitor") is None:
+        if options.monitor is None:
             return None
-        monitor = str(node["monitor"])
-        return cls(monitor, improvement_mode(monitor, node.get("mode", "auto")), float(node.get("min_delta", 0.0)))
+        min_delta = options.min_delta if isinstance(options, EarlyStop) else 0.0
+        return cls(options.monitor, improvement_mode(options.monitor, options.mode), min_delta)
 
     def improves(self, metrics: Mapping[str, float], best: float | None) -> bool:
         if self.monitor not in metrics:
@@ -34,4 +34,4 @@ class Improvement:
             return False
         if best is None:
             return True
-        return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
+        return value < best - self.min_delta if self.mode is ImprovementMode.min else value > best + self.min_delta

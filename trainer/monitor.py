@@ -16,7 +16,6 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from trainer.files import read_jsonl, write_text_atomic
-from trainer.options import PROGRESS_BAR
 
 # Set by a launcher that passes this process's output on to a terminal through a pipe of its own.
 CONSOLE_IS_TERMINAL_ENV = "LAUNCHER_CONSOLE_IS_TERMINAL"
@@ -34,8 +33,6 @@ class Monitor:
         """``resumed_step``: the checkpoint's last completed optimizer step (None: not resumed);
         ``keep_epochs_before``: metrics.jsonl keeps the records of the epochs before this one (the
         checkpoint's), dropped only when this run writes its first record."""
-        if progress_bar not in PROGRESS_BAR:
-            raise ValueError(f"trainer.progress_bar={progress_bar!r}: allowed: auto, true, false")
         self.metrics_path = run_dir / "metrics.jsonl"
         # auto: a bar only on a terminal; in a log file it would be thousands of carriage returns.
         self.show_bar = progress_bar is True or (progress_bar == "auto" and stderr_is_terminal())

@@ -27,10 +27,8 @@ class MixedPrecision:
     scaler: torch.amp.GradScaler
 
     @classmethod
-    def from_config(cls, precision: Any, device: torch.device) -> MixedPrecision:
-        name = str(precision)
-        if name not in DTYPES:
-            raise ValueError(f"trainer.precision={precision!r}: allowed: {', '.join(DTYPES)}")
+    def from_config(cls, name: str, device: torch.device) -> MixedPrecision:
+        """``name``: one of ``options.PRECISIONS`` (the schema's check, before the start)."""
         if name == "fp16" and device.type != "cuda":
             raise ValueError("trainer.precision=fp16 needs CUDA (fp16 autocast on CPU is not supported "
                              "here); allowed on CPU: 32, bf16")

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LRScheduler
 
+from trainer.options import DataLoaderOptions, TrainerOptions
 from trainer.schedules import build_scheduler
 
 ORDER_KEYS = ("seed", "data.batch_size", "trainer.accumulate", "train set length", "data.shuffle",
@@ -31,17 +32,17 @@ SCHEDULE_KEYS = ("trainer.epochs", "optim.lr (after optim.scale_lr)", "sched",
                  "optimizer steps per epoch")
 
 
-def fingerprint(cfg: DictConfig, world_size: int, train_samples: int, lr: float,
-                steps_per_epoch: int) -> dict[str, Any]:
+def fingerprint(cfg: DictConfig, trainer: TrainerOptions, loader: DataLoaderOptions, world_size: int,
+                train_samples: int, lr: float, steps_per_epoch: int) -> dict[str, Any]:
     return {
         "seed": int(cfg.seed),
         "world_size": world_size,
-        "data.batch_size": int(cfg.data.batch_size),
-        "trainer.accumulate": int(cfg.trainer.accumulate),
+        "data.batch_size": loader.batch_size,
+        "trainer.accumulate": trainer.accumulate,
         "train set length": int(train_samples),
-        "data.shuffle": bool(cfg.data.shuffle),
-        "data.drop_last": bool(cfg.data.drop_last),
-        "trainer.epochs": int(cfg.trainer.epochs),
+        "data.shuffle": loader.shuffle,
+        "data.drop_last": loader.drop_last,
+        "trainer.epochs": trainer.epochs,
         "optim.lr (after optim.scale_lr)": float(lr),
         "sched": json.dumps(OmegaConf.to_container(cfg.sched, resolve=True), sort_keys=True),
         "optimizer steps per epoch": int(steps_per_epoch),

@@ -12,9 +12,9 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -51,7 +51,7 @@ from trainer.improvement import Improvement
 from trainer.logs import setup_logging
 from trainer.models import freeze, keep_eval_mode, trainable
 from trainer.monitor import Monitor, SilentMonitor
-from trainer.options import MODES
+from trainer.options import DataLoaderOptions, SaveOptions, TrainerMode, TrainerOptions
 from trainer.precision import MixedPrecision
 from trainer.preemption import (
     REQUEUED_EXIT_CODE,
@@ -66,6 +66,34 @@ from trainer.schedules import build_optimizer, build_scheduler
 from trainer.summary import evaluation_summary, training_summary, write_summary
 from trainer.tasks import Step
 
+Schema = TypeVar("Schema")
+
+
+def typed(schema: type[Schema], node: DictConfig) -> Schema:
+    """``node``'s keys of the dataclass ``schema`` as that dataclass: each value converted to its
+    field's type (``precision: 32`` is "32", a mode its enum member), a key the config lacks at
+    its default, a value of the wrong type refused."""
+    names = [item.name for item in fields(schema)]  # type: ignore[arg-type]
+    values = OmegaConf.masked_copy(node, [name for name in names if name in node])
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Options:
+    """The blocks the trainer owns, read once from the run's config as typed objects: plain
+    attributes, cheap enough for the step loop (an OmegaConf lookup costs tens of microseconds).
+    The plug-in blocks (model, data.dataset, optim, sched, loss) stay ``DictConfig`` nodes for
+    ``hydra.utils.instantiate``."""
+
+    trainer: TrainerOptions
+    save: SaveOptions
+    data: DataLoaderOptions
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Options:
+        return cls(typed(TrainerOptions, cfg.trainer), typed(SaveOptions, cfg.save),
+                   typed(DataLoaderOptions, cfg.data))
+
 
 @dataclass
 class Worker:
@@ -79,7 +107,7 @@ class Worker:
 
 
 @contextlib.contextmanager
-def started(cfg: DictConfig) -> Iterator[Worker]:
+def started(cfg: DictConfig, options: Options) -> Iterator[Worker]:
     """Logging, determinism, device and process group: the same start for training and evaluation."""
     env = DistEnv.from_environ()
     run_dir = Path(cfg.run_dir)
@@ -87,7 +115,7 @@ def started(cfg: DictConfig) -> Iterator[Worker]:
     configure_determinism(cfg.deterministic, cfg.cudnn_benchmark)
     # high: float32 matmuls on TF32 tensor cores (Ampere and later), several times the fp32 rate
     # for a 10-bit mantissa; medium: bf16. highest, the default, keeps them exact fp32.
-    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
+    torch.set_float32_matmul_precision(options.trainer.matmul_precision.value)
     backend = resolve_backend(cfg.backend)
     device = select_device(backend, env)
     threads = limit_cpu_threads(env)
@@ -103,7 +131,7 @@ SIZES_FROM_DATA = ("in_features", "num_classes")
 TRAINER_KEYS = ("freeze",)  # model.freeze is the trainer's, not the model's constructor's
 
 
-def build_model(cfg: DictConfig, device: torch.device, data: Data) -> torch.nn.Module:
+def build_model(cfg: DictConfig, options: Options, device: torch.device, data: Data) -> torch.nn.Module:
     node = OmegaConf.masked_copy(cfg.model, [key for key in cfg.model if key not in TRAINER_KEYS])
     sizes = {key: node[key] for key in SIZES_FROM_DATA if node.get(key) == "auto"}
     if "in_features" in sizes:  # one sample's inputs, flattened (a validation sample: its transform
@@ -115,41 +143,41 @@ def build_model(cfg: DictConfig, device: torch.device, data: Data) -> torch.nn.M
                              "(no data.num_classes, no num_classes attribute): set model.num_classes=N")
         sizes["num_classes"] = data.num_classes
     model = instantiate(node, **sizes).to(device)
-    if cfg.trainer.channels_last:  # NHWC: faster convolutions on tensor cores and oneDNN
+    if options.trainer.channels_last:  # NHWC: faster convolutions on tensor cores and oneDNN
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def build_loaders(cfg: DictConfig, env: DistEnv, train_set: Any, val_set: Any,
+def build_loaders(loader: DataLoaderOptions, seed: int, env: DistEnv, train_set: Any, val_set: Any,
                   device: torch.device) -> tuple[DataLoader, DataLoader, ResumableDistributedSampler]:
     sampler = ResumableDistributedSampler(
-        train_set, num_replicas=env.world_size, rank=env.rank, shuffle=cfg.data.shuffle,
-        seed=cfg.seed, drop_last=cfg.data.drop_last,
+        train_set, num_replicas=env.world_size, rank=env.rank, shuffle=loader.shuffle,
+        seed=seed, drop_last=loader.drop_last,
     )
-    workers = cfg.data.num_workers
-    common = dict(
+    workers = loader.num_workers
+    common: dict[str, Any] = dict(
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         # Explicit: a rank started by torch.multiprocessing inherits its "spawn" default, which
         # would re-import torch in every worker; the same setting in every launch mode.
-        multiprocessing_context=cfg.data.worker_start_method if workers > 0 else None,
+        multiprocessing_context=loader.worker_start_method.value if workers > 0 else None,
         worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
     # Each loader draws its workers' base seed from a generator of its own, not from the global
     # one: a resumed run, which starts its iterators at other points, keeps the global streams.
-    generators = [torch.Generator().manual_seed((cfg.seed * 1_000_003 + env.rank * 2 + kind) % 2**63)
+    generators = [torch.Generator().manual_seed((seed * 1_000_003 + env.rank * 2 + kind) % 2**63)
                   for kind in (0, 1)]
     if workers > 0:
         # Workers seed their generators per batch (seed, epoch, rank, batch number), so random
         # augmentation does not depend on where a run started (see SeededBatchSampler). Without
         # workers, augmentation draws from this process's generators, which checkpoints restore.
-        train_loader = DataLoader(SeededBatches(train_set, cfg.seed, env.rank),
-                                  batch_sampler=SeededBatchSampler(sampler, cfg.data.batch_size),
+        train_loader = DataLoader(SeededBatches(train_set, seed, env.rank),
+                                  batch_sampler=SeededBatchSampler(sampler, loader.batch_size),
                                   generator=generators[0], **common)
     else:
-        train_loader = batch_loader(train_set, sampler, cfg.data.batch_size, generator=generators[0], **common)
-    val_loader = batch_loader(val_set, ShardSampler(len(val_set), env.rank, env.world_size), cfg.data.batch_size,
+        train_loader = batch_loader(train_set, sampler, loader.batch_size, generator=generators[0], **common)
+    val_loader = batch_loader(val_set, ShardSampler(len(val_set), env.rank, env.world_size), loader.batch_size,
                               generator=generators[1], **common)
     return train_loader, val_loader, sampler
 
@@ -203,42 +231,37 @@ class Run:
     """One rank's training run: what it trains, how, and where it stands (``progress``).
 
     Built once (data, loaders, model, step, optimizer, schedule, restored from a checkpoint), then
-    driven by ``train()`` one epoch at a time. The settings the step loop reads are plain values:
-    OmegaConf lookups cost tens of microseconds, too much for every step.
+    driven by ``train()`` one epoch at a time.
     """
 
-    def __init__(self, cfg: DictConfig, worker: Worker) -> None:
-        self.cfg, self.worker = cfg, worker
-        env, device = worker.env, worker.device
-        data = Data.open(cfg, env)
-        self.train_loader, self.val_loader, self.sampler = build_loaders(cfg, env, data.train, data.val, device)
-        self.model = build_model(cfg, device, data)
+    def __init__(self, cfg: DictConfig, options: Options, worker: Worker) -> None:
+        self.cfg, self.options, self.worker = cfg, options, worker
+        env, device, trainer = worker.env, worker.device, options.trainer
+        data = Data.open(cfg.data.dataset, options.data, env)
+        self.train_loader, self.val_loader, self.sampler = build_loaders(options.data, cfg.seed, env, data.train,
+                                                                         data.val, device)
+        self.model = build_model(cfg, options, device, data)
         self.frozen = freeze(self.model, list(cfg.model.get("freeze") or []))
         self.step = Step.from_config(cfg)
-        if cfg.trainer.compile:
+        if trainer.compile:
             # In place, inside DDP: the state dict keeps its plain names; DDP's own hooks stay eager.
             self.model.compile()
         self.ddp_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = build_optimizer(cfg.optim, trainable(self.model), env.world_size)
-        self.precision = MixedPrecision.from_config(cfg.trainer.precision, device)
-        self.accumulate, self.clip_grad_norm = cfg.trainer.accumulate, cfg.trainer.clip_grad_norm
-        self.batch_size, self.epochs = cfg.data.batch_size, cfg.trainer.epochs
-        self.micro_batches = math.ceil(self.sampler.num_samples / self.batch_size)  # per epoch, on this rank
-        self.steps_per_epoch = math.ceil(self.micro_batches / self.accumulate)
+        self.precision = MixedPrecision.from_config(trainer.precision, device)
+        self.micro_batches = math.ceil(self.sampler.num_samples / options.data.batch_size)  # per epoch, on this rank
+        self.steps_per_epoch = math.ceil(self.micro_batches / trainer.accumulate)
         self.step_scheduler_each_step = cfg.sched.interval == "step"
         self.state = TrainingState(
-            self.model, optimizer, build_scheduler(cfg.sched, optimizer, self.steps_per_epoch, self.epochs),
+            self.model, optimizer, build_scheduler(cfg.sched, optimizer, self.steps_per_epoch, trainer.epochs),
             self.precision.scaler,
-            resume.fingerprint(cfg, env.world_size, len(data.train), optimizer.defaults["lr"],  # type: ignore[arg-type]
-                              self.steps_per_epoch),
+            resume.fingerprint(cfg, trainer, options.data, env.world_size, len(data.train),  # type: ignore[arg-type]
+                               optimizer.defaults["lr"], self.steps_per_epoch),
             cfg.seed)
-        self.checkpoints = Checkpoints(worker.run_dir, cfg.save.keep_last)
-        self.log_every, self.channels_last = cfg.trainer.log_every_steps, cfg.trainer.channels_last
-        self.every_steps, self.every_epochs = cfg.save.every_steps, cfg.save.every_epochs
-        self.best = Improvement.from_config(cfg.save.best)
-        self.early_stop = Improvement.from_config(cfg.trainer.early_stop)
-        self.patience = cfg.trainer.early_stop.patience
-        self.stop_signals = StopSignals(cfg.trainer.stop_check_steps).install() if StopSignals.wanted() else None
+        self.checkpoints = Checkpoints(worker.run_dir, options.save.keep_last)
+        self.best = Improvement.from_options(options.save.best)
+        self.early_stop = Improvement.from_options(trainer.early_stop)
+        self.stop_signals = StopSignals(trainer.stop_check_steps).install() if StopSignals.wanted() else None
         self.buckets_settled = False
         self.losses = UnreadLosses()
 
@@ -251,13 +274,13 @@ class Run:
         if state is None:
             return Progress(), False
         return self.state.restore(state, worker.env, worker.device, self.cfg.sched, self.steps_per_epoch,
-                                  self.epochs, worker.log), True
+                                  self.options.trainer.epochs, worker.log), True
 
     def open_monitor(self, progress: Progress, resumed: bool) -> Monitor:
         """metrics.jsonl keeps the epochs the checkpoint covers; nothing is rewritten before this
         run logs its first epoch. TensorBoard hides what the interrupted attempt logged past the
         checkpoint's last completed step."""
-        trainer = self.cfg.trainer
+        trainer = self.options.trainer
         if not self.worker.env.is_main:
             return SilentMonitor()
         return Monitor(self.worker.run_dir, trainer.progress_bar, trainer.tensorboard,
@@ -271,12 +294,13 @@ class Run:
         """The epoch's remaining micro-batches (all of them, unless resumed mid-epoch); returns the
         stop request the ranks agreed on (Slurm), if one came."""
         device, optimizer, precision = self.worker.device, self.state.optimizer, self.precision
-        epoch, accumulate = progress.epoch, self.accumulate
-        self.sampler.set_epoch(epoch, start_index=progress.step_in_epoch * self.batch_size)
-        monitor.start_epoch(epoch, self.epochs, self.micro_batches, progress.step_in_epoch)
+        trainer, save = self.options.trainer, self.options.save
+        epoch, accumulate = progress.epoch, trainer.accumulate
+        self.sampler.set_epoch(epoch, start_index=progress.step_in_epoch * self.options.data.batch_size)
+        monitor.start_epoch(epoch, trainer.epochs, self.micro_batches, progress.step_in_epoch)
         epoch_start = time.perf_counter()
         stop = None
-        for batch in on_device(self.train_loader, device, self.channels_last):
+        for batch in on_device(self.train_loader, device, trainer.channels_last):
             if not self.buckets_settled:  # once per process, before its first real step
                 settle_gradient_buckets(self.ddp_model, self.step, batch)
                 self.buckets_settled = True
@@ -296,9 +320,9 @@ class Run:
             monitor.micro_batch()
             if not ends_group:
                 continue
-            if self.clip_grad_norm:
+            if trainer.clip_grad_norm:
                 precision.scaler.unscale_(optimizer)  # clip the true gradients, not scaled ones
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), trainer.clip_grad_norm)
             precision.scaler.step(optimizer)
             precision.scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -310,8 +334,8 @@ class Run:
             progress.global_step += 1
             if monitor.charts(progress.global_step):
                 self.losses.chart(progress.global_step)
-            logs_now = self.log_every and progress.global_step % self.log_every == 0
-            saves_now = self.every_steps and progress.global_step % self.every_steps == 0
+            logs_now = trainer.log_every_steps and progress.global_step % trainer.log_every_steps == 0
+            saves_now = save.every_steps and progress.global_step % save.every_steps == 0
             if logs_now or saves_now:  # the only steps at which the host waits for the device
                 loss_value = self.losses.read(progress, monitor)
             if logs_now:
@@ -331,12 +355,12 @@ class Run:
         """Step an epoch schedule, evaluate, log the record, checkpoint (and ``best.pt``); returns
         the next epoch's progress, the validation metrics and whether early stopping ends the run."""
         env, device, optimizer = self.worker.env, self.worker.device, self.state.optimizer
-        epoch = progress.epoch
+        epoch, epochs = progress.epoch, self.options.trainer.epochs
         if self.state.scheduler is not None and not self.step_scheduler_each_step:
             self.state.scheduler.step()
         loss_sum, samples, epoch_time = all_reduce_scalars(
             [progress.epoch_loss_sum, progress.epoch_samples, progress.epoch_time_s], device)
-        val_metrics = evaluate(self.ddp_model, self.step, self.val_loader, device, self.channels_last)
+        val_metrics = evaluate(self.ddp_model, self.step, self.val_loader, device, self.options.trainer.channels_last)
         keep_eval_mode(self.frozen)
         record = {
             "epoch": epoch,
@@ -346,7 +370,7 @@ class Run:
             "lr": optimizer.param_groups[0]["lr"],  # for the next epoch
             "samples_per_s": samples / (epoch_time / env.world_size) if epoch_time > 0 else 0.0,
         }
-        self.worker.log.info("epoch %d/%d train_loss=%.4f %s lr=%.4g", epoch + 1, self.epochs,
+        self.worker.log.info("epoch %d/%d train_loss=%.4f %s lr=%.4g", epoch + 1, epochs,
                              record["train_loss"], metrics_text(val_metrics), record["lr"])
         progress = progress.start_epoch(epoch + 1)
         # The same metrics on every rank (reduced): every rank decides the same.
@@ -359,12 +383,14 @@ class Run:
                 progress.early_stop_best, progress.epochs_since_best = val_metrics[self.early_stop.monitor], 0
             else:
                 progress.epochs_since_best += 1
-            stops_early = progress.epochs_since_best >= self.patience and epoch + 1 < self.epochs
+            stops_early = (progress.epochs_since_best >= self.options.trainer.early_stop.patience
+                           and epoch + 1 < epochs)
         # The record first, then the checkpoint: a checkpoint past an epoch implies its record is
         # on disk; a kill between the two resumes from an earlier checkpoint, and the resumed run
         # drops the records past that checkpoint and logs them again.
         monitor.end_epoch(record)
-        saved = bool(self.every_epochs and (epoch + 1) % self.every_epochs == 0) or stops_early
+        every_epochs = self.options.save.every_epochs
+        saved = bool(every_epochs and (epoch + 1) % every_epochs == 0) or stops_early
         if saved:
             self.save(progress)
         if new_best:
@@ -388,24 +414,25 @@ class Run:
         gpus_per_node = processes_per_node(env, device)
         return training_summary(
             world_size=env.world_size, gpus_per_node=gpus_per_node, backend=self.worker.backend,
-            launcher=OmegaConf.select(self.cfg, "launcher.name", default="external"), epochs=self.epochs,
-            epochs_run=progress.epoch, restarts=env.restart, precision=self.precision.name,
-            accumulate=self.accumulate, lr=self.state.optimizer.defaults["lr"], compiled=self.cfg.trainer.compile,
+            launcher=OmegaConf.select(self.cfg, "launcher.name", default="external"),
+            epochs=self.options.trainer.epochs, epochs_run=progress.epoch, restarts=env.restart,
+            precision=self.precision.name, accumulate=self.options.trainer.accumulate,
+            lr=self.state.optimizer.defaults["lr"], compiled=self.options.trainer.compile,
             global_step=progress.global_step, val_metrics=val_metrics,
             train_samples_per_s=total_samples / mean_train_time if mean_train_time > 0 else 0.0,
             wall_s=wall_s, first_step_unix_s=first_step_done, model=self.model,
             best=(self.best.monitor, progress.best_value) if self.best is not None else None)
 
 
-def train(cfg: DictConfig) -> int:
+def train(cfg: DictConfig, options: Options) -> int:
     """The whole run on this rank; returns the process's exit code."""
     start = time.perf_counter()
-    with started(cfg) as worker:
-        run = Run(cfg, worker)
+    with started(cfg, options) as worker:
+        run = Run(cfg, options, worker)
         progress, resumed = run.restore()
         monitor = run.open_monitor(progress, resumed)
         val_metrics: dict[str, float] = {}
-        for _ in range(progress.epoch, run.epochs):
+        for _ in range(progress.epoch, options.trainer.epochs):
             stop = run.train_epoch(progress, monitor)
             if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
                 run.save(progress)
@@ -416,7 +443,8 @@ def train(cfg: DictConfig) -> int:
             if stops_early:
                 break
         if not val_metrics:  # resumed after the last epoch: report the final model anyway
-            val_metrics = evaluate(run.ddp_model, run.step, run.val_loader, worker.device, run.channels_last)
+            val_metrics = evaluate(run.ddp_model, run.step, run.val_loader, worker.device,
+                                   options.trainer.channels_last)
         summary = run.summary(progress, val_metrics, time.perf_counter() - start)
         monitor.close()
         if worker.env.is_main:
@@ -432,19 +460,19 @@ def train(cfg: DictConfig) -> int:
     return 0
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> int:
+def evaluate_checkpoint(cfg: DictConfig, options: Options) -> int:
     """``trainer.mode=eval checkpoint=PATH``: the validation metrics of a saved model, computed by
     every rank on its shard and reduced exactly as during training (any world size)."""
     start = time.perf_counter()
-    with started(cfg) as worker:
+    with started(cfg, options) as worker:
         env, device = worker.env, worker.device
-        data = Data.open(cfg, env)
-        _, val_loader, _ = build_loaders(cfg, env, data.train, data.val, device)
-        model = build_model(cfg, device, data)
+        data = Data.open(cfg.data.dataset, options.data, env)
+        _, val_loader, _ = build_loaders(options.data, cfg.seed, env, data.train, data.val, device)
+        model = build_model(cfg, options, device, data)
         state = checkpoint.load_everywhere(Path(cfg.checkpoint), device)
         assert state is not None
         model.load_state_dict(state["model"])
-        val_metrics = evaluate(model, Step.from_config(cfg), val_loader, device, cfg.trainer.channels_last)
+        val_metrics = evaluate(model, Step.from_config(cfg), val_loader, device, options.trainer.channels_last)
         summary = evaluation_summary(
             checkpoint=Path(cfg.checkpoint), trained=state["progress"], world_size=env.world_size,
             backend=worker.backend, val_samples=len(data.val),  # type: ignore[arg-type]
@@ -462,6 +490,6 @@ def main(argv: list[str]) -> int:
         raise SystemExit("usage: python -m trainer RUN_DIR/config.yaml")
     cfg = OmegaConf.load(argv[0])
     assert isinstance(cfg, DictConfig), f"{argv[0]}: not a mapping"
-    if cfg.trainer.mode not in MODES:
-        raise SystemExit(f"trainer.mode={cfg.trainer.mode!r}: allowed: {', '.join(MODES)}")
-    return evaluate_checkpoint(cfg) if cfg.trainer.mode == "eval" else train(cfg)
+    options = Options.from_config(cfg)
+    return (evaluate_checkpoint(cfg, options) if options.trainer.mode is TrainerMode.eval
+            else train(cfg, options))
