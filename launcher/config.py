@@ -7,6 +7,7 @@ line on stderr (exit code 2) and never a half-started job or an overwritten run 
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 import pickletools
 import re
@@ -317,6 +318,29 @@ def _local_addr(value: Any, reach: str, reach_key: str) -> str:
     except OSError as err:
         raise ConfigError(reach_key, reach, f"no route from this machine ({err.strerror}); "
                           "check the address, or the network this node is on") from err
+
+
+def _address_peers_reach(loopback: str, allocation: Allocation) -> str:
+    """Several Slurm nodes, and this node's route to the master went over loopback: the master is
+    this node, and its name resolves here to 127.0.1.1 (Debian's default) or 127.0.0.1. Peers
+    told that address (and gloo bound to ``lo``) could never connect. The source address of the
+    route to another node of the step is the one they reach; loopback stays only where every other
+    node is this machine too (a test cluster)."""
+    peers = [host for index, host in enumerate(allocation.hosts) if index != allocation.node_rank]
+    for peer in peers:
+        try:
+            address = route_source_address(peer)
+        except OSError:
+            continue  # does not resolve here, or no route: try the next node
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    if peers and all(is_local_address(peer) for peer in peers):
+        return loopback
+    raise ConfigError("local_addr", "auto", f"this node's route to the master is loopback ({loopback}) "
+                      f"and no route to the other nodes ({', '.join(peers) or 'none listed'}) leaves "
+                      "this machine, so they could not reach it",
+                      "give this node's address (local_addr=ADDRESS) or its interface "
+                      "(socket_ifname=eth0), or map its hostname to that address in /etc/hosts")
 
 
 def _socket_ifname(value: Any, local_addr: str, backend: str) -> str | None:
@@ -652,6 +676,9 @@ def load_job_config(cfg: DictConfig, run_dir: Path, allocation: Allocation | Non
         rdzv_host, rdzv_port = endpoint
         master_port, rdzv_key = rdzv_port, "launcher.rdzv_endpoint"
     local_addr = _local_addr(cfg.get("local_addr"), rdzv_host, rdzv_key)
+    if (cfg.get("local_addr") == "auto" and allocation is not None and nodes > 1
+            and ipaddress.ip_address(local_addr).is_loopback):
+        local_addr = _address_peers_reach(local_addr, allocation)
     return JobConfig(
         nodes=nodes,
         procs_per_node=procs,

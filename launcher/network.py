@@ -71,7 +71,51 @@ def is_local_address(address: str) -> bool:
     return True
 
 
-def _ipv4_address_of(interface: str) -> str | None:
+def _from_getifaddrs() -> list[tuple[str, str]] | None:
+    """Every (interface, address) pair, from libc's ``getifaddrs(3)``; None where it is unavailable.
+
+    Unlike the ``SIOCGIFADDR`` ioctl, which reports one IPv4 address per interface (the primary),
+    this lists secondary addresses too: a VIP or a second address added with ``ip addr add``.
+    The offsets below are those of Linux's ``struct sockaddr_in``/``sockaddr_in6``.
+    """
+    try:
+        import ctypes  # absent from a Python built without libffi
+
+        libc = ctypes.CDLL(None)  # the symbols already loaded into this process, libc's included
+        getifaddrs, freeifaddrs = libc.getifaddrs, libc.freeifaddrs
+    except (ImportError, OSError, AttributeError):
+        return None
+
+    class IfAddrs(ctypes.Structure):
+        """``struct ifaddrs`` up to ``ifa_addr``: the fields after it are never read."""
+
+    IfAddrs._fields_ = [
+        ("ifa_next", ctypes.POINTER(IfAddrs)),
+        ("ifa_name", ctypes.c_char_p),
+        ("ifa_flags", ctypes.c_uint),
+        ("ifa_addr", ctypes.c_void_p),
+    ]
+    head = ctypes.POINTER(IfAddrs)()
+    if getifaddrs(ctypes.byref(head)) != 0:
+        return None
+    found: list[tuple[str, str]] = []
+    try:
+        entry = head
+        while entry:
+            name, sockaddr = entry.contents.ifa_name.decode(), entry.contents.ifa_addr
+            family = ctypes.c_ushort.from_address(sockaddr).value if sockaddr else None
+            if family == socket.AF_INET:
+                found.append((name, socket.inet_ntop(family, ctypes.string_at(sockaddr + 4, 4))))
+            elif family == socket.AF_INET6:
+                found.append((name, socket.inet_ntop(family, ctypes.string_at(sockaddr + 8, 16))))
+            entry = entry.contents.ifa_next
+    finally:
+        freeifaddrs(head)
+    return found
+
+
+def _primary_ipv4_address_of(interface: str) -> str | None:
+    """The interface's primary IPv4 address (``SIOCGIFADDR`` sees no secondary ones)."""
     siocgifaddr = 0x8915
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
@@ -81,30 +125,40 @@ def _ipv4_address_of(interface: str) -> str | None:
     return socket.inet_ntoa(reply[20:24])
 
 
-def _ipv6_addresses() -> dict[str, str]:
-    """Interface per IPv6 address, from /proc/net/if_inet6."""
-    found: dict[str, str] = {}
+def _from_ioctl_and_proc() -> list[tuple[str, str]]:
+    """The fallback without ``getifaddrs``: primary IPv4 addresses, and IPv6 from /proc."""
+    found = [(name, address) for _, name in socket.if_nameindex()
+             if (address := _primary_ipv4_address_of(name)) is not None]
     try:
         lines = Path("/proc/net/if_inet6").read_text().splitlines()
     except OSError:
         return found
     for line in lines:
         fields = line.split()
-        packed = bytes.fromhex(fields[0])
-        found[socket.inet_ntop(socket.AF_INET6, packed)] = fields[-1]
+        found.append((fields[-1], socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0]))))
     return found
 
 
+def interface_addresses() -> list[tuple[str, str]]:
+    """Every (interface, address) pair of this machine: IPv4 (primary and secondary) and IPv6."""
+    found = _from_getifaddrs()
+    return _from_ioctl_and_proc() if found is None else found
+
+
 def interface_of(address: str) -> str | None:
-    """The network interface that carries ``address`` on this machine (Linux), if any."""
-    resolved = socket.getaddrinfo(address, None)[0][4][0]
+    """The network interface that carries ``address`` on this machine (Linux), if any.
+
+    A link-local IPv6 address may sit on several interfaces; its scope (``fe80::1%eth0``) decides.
+    """
+    sockaddr = socket.getaddrinfo(address, None)[0][4]
+    resolved = sockaddr[0]
     assert isinstance(resolved, str)  # an IPv4 or IPv6 sockaddr starts with the host
-    if ":" in resolved:
-        return _ipv6_addresses().get(resolved)
-    for _, name in socket.if_nameindex():
-        if _ipv4_address_of(name) == resolved:
-            return name
-    return None
+    carriers = [name for name, held in interface_addresses() if held == resolved]
+    if len(sockaddr) == 4 and sockaddr[3]:  # IPv6 with a scope id: an interface's index
+        scope = dict(socket.if_nameindex()).get(sockaddr[3])
+        if scope in carriers:
+            return scope
+    return carriers[0] if carriers else None
 
 
 def interface_names() -> list[str]:

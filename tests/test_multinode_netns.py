@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY, NodeResult, run_nodes, wait_for, wait_for_no_leftovers
-from tests.netns import VirtualCluster, netns_unavailable_reason, sweep_stale_namespaces
+from tests.netns import NETNS_ETC, VirtualCluster, netns_unavailable_reason, sweep_stale_namespaces
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -138,6 +138,48 @@ def test_without_an_interface_the_shared_hostname_trap_fails(launcher, tmp_path,
     assert any(result.returncode != 0 for result in results.values())
     assert any("127.0.0.1" in result.stderr for result in results.values()), results[0].stderr[-3000:]
     assert_nothing_left(results)
+
+
+def debian_hosts(cluster: VirtualCluster, resolvable_peers: bool = True) -> None:
+    """Each node's /etc/hosts as Debian writes it: its own name on 127.0.1.1, the others' names
+    on their addresses (or not at all)."""
+    for node, ns in enumerate(cluster.node_ns):
+        lines = ["127.0.0.1 localhost", f"127.0.1.1 {cluster.hostname(node)}"]
+        lines += [f"{cluster.address(k)} {cluster.hostname(k)}"
+                  for k in range(cluster.nodes) if k != node and resolvable_peers]
+        (NETNS_ETC / ns / "hosts").write_text("\n".join(lines) + "\n")
+
+
+def as_slurm_task(cluster: VirtualCluster):
+    """Node k's command run as task k of a two-node Slurm step (one task per node), with the
+    variables srun sets for it: the master is the first host, node0, by name."""
+    def prefix(node: int) -> list[str]:
+        step = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(node),
+                "SLURM_LOCALID": "0", "SLURM_NODEID": str(node), "SLURM_NTASKS": "2",
+                "SLURM_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_NODELIST": "node[0-1]"}
+        return cluster.command(node, ["env", *(f"{key}={value}" for key, value in step.items())])
+    return prefix
+
+
+def test_slurm_master_named_on_loopback_advertises_the_address_its_peers_reach(launcher, tmp_path, cluster):
+    """The master's own name resolves to 127.0.1.1 on it: it must still advertise (and give gloo)
+    the address and interface on which the other node reaches it, and the two nodes train."""
+    debian_hosts(cluster)
+    plan = launcher.run("dry_run=true", "backend=gloo", prefix=as_slurm_task(cluster)(0), timeout_s=60)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert f"local_addr={cluster.address(0)} socket_ifname=lan0" in plan.stdout, plan.stdout
+    results = run_nodes(launcher, tmp_path, [["backend=gloo", *TINY, "init_timeout=30"]] * 2,
+                        prefix=as_slurm_task(cluster), timeout_s=150)
+    assert_all_ok(results)
+    assert written_summary(tmp_path)["world_size"] == 2
+
+
+def test_slurm_master_named_on_loopback_without_a_route_to_its_peers_is_refused(launcher, tmp_path, cluster):
+    debian_hosts(cluster, resolvable_peers=False)
+    done = launcher.run("dry_run=true", "backend=gloo", prefix=as_slurm_task(cluster)(0), timeout_s=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "local_addr='auto': this node's route to the master is loopback (127.0." in done.stderr
+    assert "socket_ifname=" in done.stderr
 
 
 @pytest.mark.parametrize(("kind", "expected"), [("torchrun", "only 1 of 2 nodes joined"),
