@@ -9,10 +9,13 @@ It only reads what the points wrote, so it can run while a (Slurm) sweep is stil
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,12 +181,26 @@ def plot(points: list[Point], path: Path) -> None:
     plt.close(figure)
 
 
+@contextlib.contextmanager
+def _report_lock(sweep_dir: Path) -> Iterator[None]:
+    """One writer at a time. The points of a Slurm sweep rewrite the report as each ends, on any
+    node and with nobody waiting for them (``hydra/launcher=slurm_submit``): two points ending
+    together could otherwise each read the sweep before the other's summary and the staler table
+    be written last. Under the lock, the later writer reads both. Without locking (a filesystem
+    that refuses it), unserialised as before."""
+    with (sweep_dir / f".{REPORT_NAME}.lock").open("a") as lock:
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def write_report(sweep_dir: Path) -> list[Point]:
-    points = read_sweep(sweep_dir)
-    table = rows(points)
-    write_csv(table, sweep_dir / f"{REPORT_NAME}.csv")
-    (sweep_dir / f"{REPORT_NAME}.md").write_text(markdown(table))
-    plot(points, sweep_dir / f"{REPORT_NAME}.png")
+    with _report_lock(sweep_dir):
+        points = read_sweep(sweep_dir)
+        table = rows(points)
+        write_csv(table, sweep_dir / f"{REPORT_NAME}.csv")
+        (sweep_dir / f"{REPORT_NAME}.md").write_text(markdown(table))
+        plot(points, sweep_dir / f"{REPORT_NAME}.png")
     return points
 
 

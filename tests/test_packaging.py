@@ -11,7 +11,7 @@ from tests.conftest import RANK_VARIABLES, REPO
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
-SOURCES = ["pyproject.toml", "README.md", "launcher", "trainer", "conf"]
+SOURCES = ["pyproject.toml", "README.md", "launcher", "trainer", "conf", "hydra_plugins"]
 
 
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):

@@ -308,11 +308,18 @@ def plan_submission(cfg: DictConfig, run_dir: Path) -> SubmitPlan:
     return SubmitPlan(submission_from_config(cfg), nodes, gpus, gpus_per_node, run_dir, dry_run)
 
 
+# hydra/launcher=slurm_submit: the plugin's launcher without the wait (launcher.slurm.sweep; Hydra takes
+# launchers only from the hydra_plugins namespace, hence the name).
+SUBMIT_AND_EXIT_LAUNCHER = "hydra_plugins.ddp_launcher.SubmitAndExitSlurmLauncher"
+
+
 def is_slurm_sweep(cfg: DictConfig) -> bool:
-    """``-m hydra/launcher=slurm``: Hydra's submitit launcher submits the points to Slurm."""
+    """``-m hydra/launcher=slurm`` (or ``slurm_submit``): Hydra's submitit launcher submits the
+    points to Slurm."""
     target = OmegaConf.select(cfg, "hydra.launcher._target_")
-    return (isinstance(target, str) and target.startswith("hydra_plugins.hydra_submitit_launcher.")
-            and target.endswith(".SlurmLauncher"))
+    return isinstance(target, str) and (
+        (target.startswith("hydra_plugins.hydra_submitit_launcher.") and target.endswith(".SlurmLauncher"))
+        or target == SUBMIT_AND_EXIT_LAUNCHER)
 
 
 @dataclass(frozen=True)
