@@ -193,3 +193,21 @@ def run_nodes(launcher: Launcher, run_root: Path, per_node: Sequence[Sequence[st
 
 def assert_ok(launch: Launch) -> None:
     assert launch.returncode == 0, f"launcher failed ({launch.returncode}):\n{launch.stderr[-5000:]}"
+
+
+# Parallel runs (pytest-xdist, `--dist loadgroup`): tests that share one machine-wide resource run
+# in one worker, one after another: the local Slurm cluster (two nodes; a second worker's jobs would
+# queue behind the first's and eat their timeouts) and the network namespaces (each session sweeps
+# away the stale ones it finds). Every other slow test stays with its module, whose module-scoped
+# fixtures (a trained run shared by several tests) are then built once.
+SHARED_RESOURCES = {"slurm_cluster": "slurm", "netns_permitted": "netns"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = next((name for fixture, name in SHARED_RESOURCES.items() if fixture in fixtures), None)
+        if group is None and item.get_closest_marker("slow"):
+            group = item.module.__name__ if item.module else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
