@@ -18,7 +18,6 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-import launcher.targets  # noqa: F401  (model=mypkg.MyNet: its config source, before Hydra composes)
 from launcher.cli import CommandLineError, help_text, override_key, parse_command_line
 from launcher.errors import CONFIG_ERROR_EXIT_CODE
 
@@ -120,9 +119,11 @@ def _prog() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Read the command line (``argv``, default ``sys.argv[1:]``), then run Hydra's app on it."""
-    from launcher.child import search_working_directory_last
+    from launcher.workdir import search_working_directory_last
 
-    search_working_directory_last()
+    search_working_directory_last()  # before anything imports trainer (a user's trainer/ is no ours)
+    import launcher.targets  # noqa: F401  (model=mypkg.MyNet: its config source, before Hydra composes)
+
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         command = parse_command_line(args, config_dir=CONFIG_DIR)

@@ -20,6 +20,7 @@ from launcher.slurm.submit import plan_submission
 from launcher.slurm.task import SlurmTask
 from launcher.targets import describe_plugins
 from launcher.validation import check_config, check_schedule
+from trainer.contract import SUMMARY_FILE
 
 
 def exit_on_config_error(error: ConfigError) -> NoReturn:
@@ -136,5 +137,5 @@ def answer_dry_run(launch: Launch) -> bool:
 
 def objective(run_dir: Path) -> float | None:
     """The value a sweeper optimises (Optuna: minimise): the job's final val_loss."""
-    summary = run_dir / "summary.json"
+    summary = run_dir / SUMMARY_FILE
     return float(json.loads(summary.read_text())["val_loss"]) if summary.exists() else None

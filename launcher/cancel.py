@@ -2,7 +2,10 @@
 
 import sys
 
-from launcher.jobs import cancel_main
+from launcher.workdir import search_working_directory_last
 
 if __name__ == "__main__":
+    search_working_directory_last()
+    from launcher.jobs import cancel_main
+
     sys.exit(cancel_main(sys.argv[1:]))

@@ -35,6 +35,7 @@ from launcher.failures import CLEAN_EXIT_PREFIX
 from launcher.local_store import rank_store_path, use_file_store_for_env_rendezvous
 from launcher.rank_output import capture_rank_output
 from launcher.ranks import rank_info
+from launcher.workdir import search_working_directory_last
 
 ERROR_DIR_ENV = "LAUNCHER_ERROR_DIR"
 PARENT_PID_ENV = "LAUNCHER_PARENT_PID"
@@ -66,12 +67,6 @@ def _user_traceback(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, tb))
 
 
-def attempt_number() -> int:
-    """How many times this job was started over before: torchrun restarts plus Slurm requeues
-    (both count under a requeued ``slurm_task=node`` job), as the trainer's DistEnv counts them."""
-    return sum(int(os.environ.get(key) or 0) for key in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
-
-
 def record_failure(error: BaseException, at: float | None = None) -> Path | None:
     """Write the failure record; its path, or None when there is nowhere to write it."""
     error_dir = os.environ.get(ERROR_DIR_ENV)
@@ -85,7 +80,7 @@ def record_failure(error: BaseException, at: float | None = None) -> Path | None
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "time": time.time() if at is None else at,
-        "restart": attempt_number(),
+        "restart": restarts(),
         "error": f"{type(error).__name__}: {error}",
         "traceback": _user_traceback(error),
     }
@@ -203,15 +198,23 @@ def joining_bounded_by(timeout: timedelta, report_fd: int) -> Iterator[None]:
         pending.unlink(missing_ok=True)
 
 
-def search_working_directory_last() -> None:
-    """The user's working directory is searched after the installed packages, so a ``trainer.py``
-    or ``trainer/`` there cannot replace ours (in the launcher or in a rank); the user's own modules
-    there still import. A script's own directory still comes first, as ``python script.py`` has it.
-    (``python -m launcher`` itself runs a ``launcher.py`` of the working directory, as Python always
-    does: ``ddp-launch`` or ``python -P -m launcher`` do not.)"""
-    here = {"", ".", os.getcwd()}
-    entries = [entry for entry in sys.path if entry not in here]
-    sys.path[:] = [*entries, os.getcwd()]
+def restarts() -> int:
+    """``trainer.contract.restarts``, imported when first needed: on Python 3.10 (no ``-P``) this
+    module starts with the working directory first on ``sys.path``, where a user's ``trainer/``
+    must not be taken for ours."""
+    from trainer.contract import restarts as counted
+
+    return counted()
+
+
+def forget_our_trainer() -> None:
+    """A user's script may have its own ``trainer`` module beside it, and ``import trainer`` must
+    find that one, as ``python train.py`` would. This process imported ours (``trainer.contract``
+    here; ``trainer.options`` in a Slurm task, which runs the script in the launcher's process):
+    drop it from the module cache, so the script's import searches ``sys.path`` afresh. Our code
+    that already holds those modules keeps them."""
+    for module in [module for module in sys.modules if module == "trainer" or module.startswith("trainer.")]:
+        del sys.modules[module]
 
 
 def run_target(kind: str, name: str, args: list[str], parent: int | None = None) -> None:
@@ -222,9 +225,10 @@ def run_target(kind: str, name: str, args: list[str], parent: int | None = None)
     if parent is None and os.environ.get(PARENT_PID_ENV):
         parent = int(os.environ[PARENT_PID_ENV])
     die_with_parent(parent)
+    search_working_directory_last()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    file_only = capture_rank_output(rank, local_rank, attempt_number())
+    file_only = capture_rank_output(rank, local_rank, restarts())
     if os.environ.get(LOCAL_RANK_ARG_ENV) == "1":
         args = [*args, f"--local_rank={local_rank}"]
     try:
@@ -233,7 +237,8 @@ def run_target(kind: str, name: str, args: list[str], parent: int | None = None)
         if not use_file_store_for_env_rendezvous():
             isolate_restarted_attempt()
         default_timeouts(2 if file_only is None else file_only)
-        search_working_directory_last()
+        if (kind, name) != ("module", "trainer"):
+            forget_our_trainer()
         sys.argv = [name, *args]
         if kind == "module":
             runpy.run_module(name, run_name="__main__", alter_sys=True)
@@ -266,7 +271,7 @@ def record_clean_exit() -> None:
         return
     rank = os.environ.get("RANK", "?")
     record = {"rank": int(rank) if rank.isdigit() else rank, "host": socket.gethostname(),
-              "time": time.time(), "restart": attempt_number()}
+              "time": time.time(), "restart": restarts()}
     with contextlib.suppress(OSError):
         Path(error_dir, f"{CLEAN_EXIT_PREFIX}{rank}.attempt_{record['restart']}.json").write_text(json.dumps(record))
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from launcher.child import COLLECTIVE_TIMEOUT_ENV, INIT_TIMEOUT_ENV, LOCAL_RANK_ARG_ENV
 from launcher.devices import cuda_device_index
 from launcher.errors import ConfigError
+from launcher.failures import FAILURE_FILE
 from launcher.network import (
     PortUnavailable,
     check_port_free,
@@ -40,7 +41,18 @@ from launcher.rank_output import (
     LOGS_SUBDIR,
 )
 from launcher.ranks import RankInfo, rank_info
+from launcher.slurm import FAILURES_DIR
 from launcher.slurm.allocation import Allocation, sbatch_hint
+from trainer.contract import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    CURVES_FILE,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    TENSORBOARD_DIR,
+    TRAIN_LOG,
+)
 
 SOCKET_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 CPU_PROCESSES_WITHOUT_GPU = 2
@@ -252,7 +264,7 @@ def _target(cfg: DictConfig, run_dir: Path) -> Target:
             if value:
                 raise ConfigError(key, value, "only used together with script (a path, a module "
                                   "with script_module=true, or an executable with no_python=true)")
-        return Target("module", TRAINER_MODULE, (str(run_dir / "config.yaml"),))
+        return Target("module", TRAINER_MODULE, (str(run_dir / CONFIG_FILE),))
     script = str(script)
     if as_module and no_python:
         raise ConfigError("no_python", True, "runs an executable; script_module=true runs a Python module: choose one")
@@ -419,11 +431,11 @@ def _check_training_options(cfg: DictConfig, device_type: str) -> None:
 # every task (Slurm) or node of this job passed its checks: proof of an earlier run even in a run
 # directory that the tasks of one step enter together. ``config.yaml`` is written by each launcher
 # as it starts, so it is proof only where no other launcher of this job shares the directory.
-TRAINING_OUTPUTS = ("summary.json", "metrics.jsonl", "checkpoints")
+TRAINING_OUTPUTS = (SUMMARY_FILE, METRICS_FILE, CHECKPOINTS_DIR)
 # What ``overwrite=true`` removes before the new run starts (config.yaml is replaced atomically,
 # launcher.log and .hydra/ are Hydra's); the training outputs last, so a task that still sees one
 # knows the clearing is not finished.
-RUN_OUTPUTS = ("logs", "failures", "failure.json", "tensorboard", "curves.png", "train.log",
+RUN_OUTPUTS = (LOGS_SUBDIR, FAILURES_DIR, FAILURE_FILE, TENSORBOARD_DIR, CURVES_FILE, TRAIN_LOG,
                *TRAINING_OUTPUTS)
 # What the built-in trainer reads from a checkpoint: to resume from it, and to evaluate it.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "progress", "rng", "world_size")
@@ -447,7 +459,7 @@ def previous_run(run_dir: Path, shared: bool) -> list[str]:
     """What in ``run_dir`` shows an earlier run (``shared``: other launchers of this job may be
     writing their config.yaml into it right now)."""
     found = []
-    for name in TRAINING_OUTPUTS if shared else ("config.yaml", *TRAINING_OUTPUTS):
+    for name in TRAINING_OUTPUTS if shared else (CONFIG_FILE, *TRAINING_OUTPUTS):
         path = run_dir / name
         if path.is_dir():
             if any(path.iterdir()):
@@ -586,7 +598,7 @@ def _check_checkpoint_files(cfg: DictConfig, run_dir: Path) -> None:
     a file the trainer can read, named in one line, not a KeyError inside every rank."""
     resume = cfg.get("resume")
     if resume == "auto":
-        own = run_dir / "checkpoints" / "last.pt"
+        own = run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
         problem = checkpoint_problem(own, RESUME_KEYS) if own.is_file() else None
         if problem:
             raise ConfigError("resume", "auto", f"{own} {problem}")

@@ -27,9 +27,8 @@ from launcher.failures import FAILURE_FILE, first_failure, recorded_failures
 from launcher.rank_output import LOGS_SUBDIR
 from launcher.slurm import FAILURES_DIR, LOG_FOLDER
 from launcher.slurm.queue import ENDED, REQUEUED, SlurmState, job_state
+from trainer.contract import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
 # rank_output.capture_rank_output's marker at the start of every attempt of a rank.
 MARKER = re.compile(rb"^==== attempt (\d+): rank (\d+) \(local rank (\d+)\) on (.+?), pid (\d+), "
                     rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ====$", re.MULTILINE)
@@ -208,7 +207,7 @@ def _load_json(path: Path) -> Any:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if not path.exists():
         return {}
     try:
@@ -339,7 +338,7 @@ def _tail_lines(path: Path, count: int = LAST_LINES) -> list[str]:
 
 def looks_like_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in (
-        "config.yaml", LOGS_SUBDIR, LOG_FOLDER, SUMMARY_FILE, FAILURE_FILE, METRICS_FILE, "launcher.log"))
+        CONFIG_FILE, LOGS_SUBDIR, LOG_FOLDER, SUMMARY_FILE, FAILURE_FILE, METRICS_FILE, "launcher.log"))
 
 
 def check_run_dir(path: Path) -> Path:

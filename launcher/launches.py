@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from launcher.failures import FAILURE_FILE
+from trainer.contract import CONFIG_FILE
 
 if TYPE_CHECKING:
     from launcher.config import JobConfig
@@ -74,7 +75,7 @@ def prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
         log.warning("overwrite=true: removed the earlier run's %s from %s",
                     ", ".join(path.name for path in replaced), job.run_dir)
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    target = job.run_dir / "config.yaml"
+    target = job.run_dir / CONFIG_FILE
     # Unique per host and process: the tasks of a Slurm step, on several nodes, write it at once.
     partial = target.with_name(f".config.yaml.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(partial, "w") as file:
@@ -84,8 +85,3 @@ def prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:
     os.replace(partial, target)
     (job.run_dir / FAILURE_FILE).unlink(missing_ok=True)
 
-
-def cpu_threads_per_rank(local_procs: int) -> int:
-    """Each rank's share of this machine's cores, so processes x threads never exceeds them."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // local_procs)

@@ -18,12 +18,13 @@ from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV
 from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
-from launcher.launches import JobFailed, cpu_threads_per_rank, prepare_run_dir
+from launcher.launches import JobFailed, prepare_run_dir
 from launcher.local_store import FILE_STORE_ENV
 from launcher.modes import get_mode
 from launcher.rank_output import LOGS_SUBDIR, log_file_name
 from launcher.supervise import Interrupted, supervised
 from launcher.warm import warm_start
+from trainer.contract import threads_per_rank
 
 log = logging.getLogger("launcher")
 
@@ -73,7 +74,7 @@ def job_environment(job: JobConfig, error_dir: str) -> Iterator[None]:
         os.environ[FILE_STORE_ENV] = os.path.join(error_dir, "store")
     # Set before any rank starts, identically in both modes (torchrun would export 1, spawn
     # nothing), so every rank's OpenMP pool is sized before torch starts a thread.
-    os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(job.local_world_size)))
     try:
         yield
     finally:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from launcher.devices import cuda_device_index
 from launcher.network import interface_of, route_source_address
 from launcher.rank_output import LOG_DIR_ENV
+from trainer.contract import node_rank
 
 REPORT_FILE = "check.json"
 SIZE_ENV = "LAUNCHER_CHECK_SIZE_MIB"
@@ -202,7 +203,7 @@ def measure(options: Options, device: torch.device) -> RankReport:
     name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
     return RankReport(
         rank=dist.get_rank(),
-        node_rank=int(os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or 0),
+        node_rank=node_rank(),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         host=socket.gethostname(), address=address, interface=interface, device=name,
         torch=torch.__version__, cuda=cuda, nccl=nccl, sum_ok=sum_ok, sum_got=sum_got,

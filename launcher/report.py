@@ -53,7 +53,11 @@ def _overrides(path: Path) -> dict[str, str]:
 def _curve(path: Path) -> list[dict[str, Any]]:
     """The point's epoch records; a line that does not parse (the torn last line of a rank killed
     while appending, or of a run still writing) is skipped with a warning."""
-    metrics = path / "metrics.jsonl"
+    from trainer.contract import (
+        METRICS_FILE,  # not at import: ``python -m launcher.report`` moves the working directory first
+    )
+
+    metrics = path / METRICS_FILE
     if not metrics.exists():
         return []
     records = []
@@ -71,7 +75,9 @@ def _curve(path: Path) -> list[dict[str, Any]]:
 
 
 def read_point(path: Path) -> Point:
-    summary_path, failure_path = path / "summary.json", path / FAILURE_FILE
+    from trainer.contract import SUMMARY_FILE
+
+    summary_path, failure_path = path / SUMMARY_FILE, path / FAILURE_FILE
     point = Point(path.name, path, _overrides(path), "running", curve=_curve(path))
     if summary_path.exists():
         point.status, point.summary = "completed", json.loads(summary_path.read_text())
@@ -219,4 +225,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from launcher.workdir import search_working_directory_last
+
+    search_working_directory_last()
     sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,10 @@
 
 import sys
 
-from launcher.jobs import status_main
+from launcher.workdir import search_working_directory_last
 
 if __name__ == "__main__":
+    search_working_directory_last()
+    from launcher.jobs import status_main
+
     sys.exit(status_main(sys.argv[1:]))

@@ -93,7 +93,7 @@ def train_counting_host_reads(cfg: DictConfig, monkeypatch) -> tuple[dict[int, l
         monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
     hook = register_optimizer_step_post_hook(step_ended)
     try:
-        assert trainer_train.train(cfg) == 0
+        assert trainer_train.train(cfg, trainer_train.Options.from_config(cfg)) == 0
     finally:
         hook.remove()
     return after_step, steps

@@ -4,6 +4,7 @@ per-rank logs, console prefix and filter, timeouts that apply, no shadowing of o
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -186,6 +187,22 @@ def test_trainer_py_in_the_working_directory_with_python_m_launcher(launcher, tm
     (tmp_path / "trainer" / "__init__.py").write_text("raise SystemExit('the user trainer/ was imported')\n")
     launch = launcher.run("launcher=mp_spawn", "data.dataset.num_samples=512", "trainer.epochs=1")
     assert_ok(launch)
+
+
+@pytest.mark.parametrize("command", [["launcher", "dry_run=true"], ["launcher.check", "dry_run=true"],
+                                     ["launcher.status", "run"], ["launcher.logs", "run"],
+                                     ["launcher.cancel", "run"], ["launcher.report", "sweep"]])
+def test_no_command_takes_a_users_trainer_package_for_ours(tmp_path, command):
+    """Each entry point moves the working directory to the end of sys.path before anything
+    imports our trainer package (its shared modules: trainer.options, trainer.contract)."""
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "__init__.py").write_text("raise SystemExit('the user trainer/ was imported')\n")
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / "metrics.jsonl").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert "the user trainer/ was imported" not in done.stdout + done.stderr, done.stderr[-2000:]
 
 
 def test_script_imports_its_own_siblings_first(launcher, tmp_path):

@@ -185,6 +185,22 @@ def test_launcher_slurm_failing_rank_fails_the_job_with_its_traceback(slurm):
     assert slurm.state(slurm.jobs[0]) == "FAILED"
 
 
+def test_a_script_under_slurm_imports_its_own_sibling_trainer(slurm):
+    """Each Slurm task runs the script in the launcher's own process, which imported our trainer
+    package for its checks: the script's ``import trainer`` must still find its own trainer.py."""
+    project = slurm.workdir / "project"
+    project.mkdir()
+    (project / "trainer.py").write_text("NAME = 'the user trainer'\n")
+    (project / "train.py").write_text(
+        "import os, trainer\n"
+        "open(os.path.join(os.path.dirname(__file__), 'imported_' + os.environ['RANK']), 'w')"
+        ".write(trainer.NAME)\n")
+    done = slurm.launcher("nodes=1", "gpus=2", "slurm.wait=true", "slurm.time=10",
+                          f"script={project / 'train.py'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert [(project / f"imported_{rank}").read_text() for rank in (0, 1)] == ["the user trainer"] * 2
+
+
 def test_configuration_values_in_the_script_are_never_run(slurm):
     pwned = slurm.workdir / "PWNED"
     name = f"x$(touch {pwned});y"

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from trainer import resume
+from trainer.contract import CHECKPOINTS_DIR, LAST_CHECKPOINT
 from trainer.env import DistEnv
 from trainer.files import link_atomic, write_atomic
 from trainer.logs import get_logger
@@ -295,12 +296,12 @@ class Checkpoints:
     STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
     def __init__(self, run_dir: Path, keep_last: int = 1) -> None:
-        self.folder = run_dir / "checkpoints"
+        self.folder = run_dir / CHECKPOINTS_DIR
         self.keep_last = keep_last
 
     @property
     def last(self) -> Path:
-        return self.folder / "last.pt"
+        return self.folder / LAST_CHECKPOINT
 
     @property
     def best(self) -> Path:

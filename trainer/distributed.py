@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainer.contract import threads_per_rank
 from trainer.env import DistEnv
 from trainer.tasks import tensors_in
 
@@ -58,8 +59,7 @@ def limit_cpu_threads(env: DistEnv) -> int:
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         threads = int(os.environ["OMP_NUM_THREADS"])
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // env.local_world_size)
+        threads = threads_per_rank(env.local_world_size)
     torch.set_num_threads(threads)
     return threads
 

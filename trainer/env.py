@@ -7,6 +7,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from trainer.contract import node_rank, restarts
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -42,11 +44,10 @@ class DistEnv:
             local_rank=int(environ.get("LOCAL_RANK", rank)),
             world_size=int(environ["WORLD_SIZE"]),
             local_world_size=int(environ.get("LOCAL_WORLD_SIZE", environ["WORLD_SIZE"])),
-            node_rank=int(environ.get("NODE_RANK", environ.get("GROUP_RANK", "0"))),
+            node_rank=node_rank(environ),
             master_addr=environ["MASTER_ADDR"],
             master_port=int(environ["MASTER_PORT"]),
-            restart=sum(int(environ.get(key) or 0)
-                        for key in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")),
+            restart=restarts(environ),
         )
 
 

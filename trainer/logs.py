@@ -6,6 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
+from trainer.contract import TRAIN_LOG
+
 LOGGER_NAME = "trainer"
 
 
@@ -22,7 +24,7 @@ def setup_logging(rank: int, run_dir: Path) -> logging.Logger:
     log.addHandler(console)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(run_dir / "train.log")
+        file = logging.FileHandler(run_dir / TRAIN_LOG)
         file.setFormatter(formatter)
         log.addHandler(file)
     return log

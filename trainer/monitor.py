@@ -15,6 +15,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from trainer.contract import METRICS_FILE, TENSORBOARD_DIR
 from trainer.files import read_jsonl, write_text_atomic
 
 # Set by a launcher that passes this process's output on to a terminal through a pipe of its own.
@@ -33,7 +34,7 @@ class Monitor:
         """``resumed_step``: the checkpoint's last completed optimizer step (None: not resumed);
         ``keep_epochs_before``: metrics.jsonl keeps the records of the epochs before this one (the
         checkpoint's), dropped only when this run writes its first record."""
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path = run_dir / METRICS_FILE
         # auto: a bar only on a terminal; in a log file it would be thousands of carriage returns.
         self.show_bar = progress_bar is True or (progress_bar == "auto" and stderr_is_terminal())
         self.keep_epochs_before = keep_epochs_before
@@ -43,7 +44,7 @@ class Monitor:
         # among them, stay), so the curves do not fold back on themselves. A fresh start hides
         # what an earlier attempt without a checkpoint logged.
         purge_step = resumed_step + 1 if resumed_step is not None else 0
-        self.writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        self.writer = (SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
                        if tensorboard else None)
         # Two scalars cost rank 0 about 50 us, a few percent of a small model's step, and every
         # rank waits for rank 0 at the next all-reduce: step scalars go out every N steps.

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from trainer.checkpoint import weights_sha256
+from trainer.contract import SUMMARY_FILE
 from trainer.files import write_text_atomic
 
 
@@ -79,4 +80,4 @@ def evaluation_summary(*, checkpoint: Path, trained: dict[str, Any], world_size:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """Atomically, with fsync, like the checkpoint: a reader sees the whole summary or none."""
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

@@ -26,6 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 from trainer import checkpoint, resume
 from trainer.batches import on_device
 from trainer.checkpoint import Checkpoints, TrainingState
+from trainer.contract import CURVES_FILE, SUMMARY_FILE
 from trainer.curves import plot_curves
 from trainer.data import (
     Data,
@@ -73,8 +74,10 @@ def typed(schema: type[Schema], node: DictConfig) -> Schema:
     """``node``'s keys of the dataclass ``schema`` as that dataclass: each value converted to its
     field's type (``precision: 32`` is "32", a mode its enum member), a key the config lacks at
     its default, a value of the wrong type refused."""
-    names = [item.name for item in fields(schema)]  # type: ignore[arg-type]
-    values = OmegaConf.masked_copy(node, [name for name in names if name in node])
+    names = {item.name for item in fields(schema)}  # type: ignore[arg-type]
+    resolved = OmegaConf.to_container(node, resolve=True)  # interpolations against the whole config
+    assert isinstance(resolved, dict)
+    values = {name: value for name, value in resolved.items() if name in names}
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))  # type: ignore[return-value]
 
 
@@ -450,9 +453,9 @@ def train(cfg: DictConfig, options: Options) -> int:
         if worker.env.is_main:
             write_summary(worker.run_dir, summary)
             if monitor.metrics_path.exists():
-                plot_curves(monitor.metrics_path, worker.run_dir / "curves.png")
+                plot_curves(monitor.metrics_path, worker.run_dir / CURVES_FILE)
             worker.log.info("done: %s %.0f samples/s, summary in %s", metrics_text(val_metrics),
-                            summary["train_samples_per_s"], worker.run_dir / "summary.json")
+                            summary["train_samples_per_s"], worker.run_dir / SUMMARY_FILE)
         stop_signals = run.stop_signals
         del run
     if stop_signals:

@@ -17,9 +17,10 @@ from launcher.child import ERROR_DIR_ENV, run_target
 from launcher.cli import hydra_quote
 from launcher.config import JobConfig
 from launcher.failures import first_failure, recorded_failures
-from launcher.launches import JobFailed, cpu_threads_per_rank, prepare_run_dir
+from launcher.launches import JobFailed, prepare_run_dir
 from launcher.slurm import FAILURES_DIR
 from launcher.supervise import run_forwarding_signals
+from trainer.contract import threads_per_rank
 
 log = logging.getLogger("launcher")
 
@@ -63,7 +64,7 @@ class SlurmTask:
                 **job.rank_env(),
             }
         )
-        os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_rank(job.local_world_size)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(job.local_world_size)))
         log.info("Slurm task: rank %d of %d (node %d, local rank %d) in %s", rank.rank,
                  job.world_size, job.node_rank, rank.local_rank, job.run_dir)
         if not sweep_point:

@@ -11,6 +11,7 @@ from typing import Any
 from launcher.slurm import LOG_FOLDER
 from launcher.slurm.queue import ENDED, job_state
 from launcher.slurm.task import failure_report
+from trainer.contract import SUMMARY_FILE, TRAIN_LOG
 
 
 def _progress_lines(train_log: Path, offset: int) -> tuple[list[str], int]:
@@ -41,7 +42,7 @@ def wait_for(job: Any, run_dir: Path, *, state_of: Any = None, sleep: Any = time
     has the job's final state.) Gives up, exit code 1, when Slurm cannot be asked repeatedly."""
     state_of = state_of or (lambda job_id: job_state(job_id, STATE_QUERY_TIMEOUT_S).state)
     offset = 0
-    train_log = run_dir / "train.log"
+    train_log = run_dir / TRAIN_LOG
     job_id = str(job.job_id)
     start = next_poll = clock()
     failures = 0
@@ -69,7 +70,7 @@ def wait_for(job: Any, run_dir: Path, *, state_of: Any = None, sleep: Any = time
     for line in lines:
         print(line, flush=True)
     if state == "COMPLETED":
-        summary = run_dir / "summary.json"
+        summary = run_dir / SUMMARY_FILE
         if summary.exists():
             print(f"job {job.job_id} COMPLETED: {json.dumps(json.loads(summary.read_text()))}")
         return 0
