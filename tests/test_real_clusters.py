@@ -23,7 +23,8 @@ from launcher.slurm.queue import job_state
 from launcher.slurm.submit import plan_submission
 from launcher.slurm.task import SlurmTask
 from launcher.slurm.watch import wait_for
-from tests.test_submit_safety import NO_SLURM, composed, config, only_error_line
+from launcher.validation import check_config
+from tests.test_submit_safety import NO_SLURM, composed, only_error_line
 
 # --- 3. host lists ------------------------------------------------------------------------------
 
@@ -146,10 +147,10 @@ def test_a_setup_line_with_a_line_break_is_refused(launcher, tmp_path, char):
     assert not (launcher.workdir / "PWNED").exists() and not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("setup", ["module load x", [["nested"]], [{"a": 1}]], ids=["string", "nested", "mapping"])
-def test_setup_must_be_a_list_of_lines(tmp_path, setup):
+@pytest.mark.parametrize("setup", ["'module load x'", "[[nested]]", "[{a:1}]"], ids=["string", "nested", "mapping"])
+def test_setup_must_be_a_list_of_lines(setup):
     with pytest.raises(ConfigError) as error:
-        plan_submission(config(setup=setup), tmp_path / "r")
+        check_config(composed("launcher=slurm", f"slurm.setup={setup}"))
     assert error.value.key == "slurm.setup"
 
 

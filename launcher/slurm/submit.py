@@ -101,66 +101,35 @@ class SlurmSubmission:
         return params
 
 
-def _optional_str(cfg: DictConfig, key: str) -> str | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or any(char in value for char in LINE_BREAKS):
-        raise ConfigError(f"slurm.{key}", value, "must be a non-empty single-line string (no newline, "
-                          "carriage return or NUL) or null")
-    return value
-
-
 def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
-    slurm = cfg.get("slurm")
-    if not isinstance(slurm, DictConfig):
-        raise ConfigError("slurm", slurm, "the slurm settings block is missing")
-    time_min = slurm.get("time")
-    if not isinstance(time_min, int) or isinstance(time_min, bool) or time_min < 1:
-        raise ConfigError("slurm.time", time_min, "minutes, an integer >= 1")
-    cpus = slurm.get("cpus_per_task")
-    if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1:
-        raise ConfigError("slurm.cpus_per_task", cpus, "an integer >= 1")
-    mem = slurm.get("mem_gb")
-    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0):
-        raise ConfigError("slurm.mem_gb", mem, "null or a number of GB > 0")
-    signal_spec = str(slurm.get("signal"))
-    name, _, seconds = signal_spec.partition("@")
-    if name != "USR2" or not seconds.isdigit():
-        raise ConfigError("slurm.signal", signal_spec, f"allowed: {SIGNAL_FORMAT}")
-    wait = slurm.get("wait")
-    if not isinstance(wait, bool):
-        raise ConfigError("slurm.wait", wait, "allowed: true, false")
-    extra = slurm.get("extra") or {}
-    if not isinstance(extra, DictConfig) and extra != {}:
-        raise ConfigError("slurm.extra", extra, "a mapping of extra sbatch options, e.g. {exclusive: true}")
-    extra_options = (cast("dict[str, Any]", OmegaConf.to_container(extra, resolve=True))
-                     if isinstance(extra, DictConfig) else {})
-    assert isinstance(extra_options, dict)
-    check_sbatch_options("slurm.extra", extra_options)
-    for name, value in extra_options.items():
+    """The slurm block as sbatch gets it. Its keys' types and ranges are the schema's
+    (``launcher.schema.SlurmOptions``, checked by ``launcher.validation`` before this runs); what
+    is checked here is the sbatch boundary's own: option names, and every value on one line."""
+    slurm = cfg.slurm
+    strings = {key: slurm.get(key) for key in ("job_name", "partition", "account", "qos", "constraint")}
+    for key, value in strings.items():
+        check_sbatch_option(f"slurm.{key}", value)
+    extra = cast("dict[str, Any]", OmegaConf.to_container(slurm.extra, resolve=True))
+    check_sbatch_options("slurm.extra", extra)
+    for name, value in extra.items():
         if isinstance(value, (Mapping, list)) or value is None:
             raise ConfigError(f"slurm.extra.{name}", value, "one value: a string, a number, or true "
                               "(a flag such as exclusive)")
-    setup = slurm.get("setup") or []
-    if not isinstance(setup, (ListConfig, list)) or not all(isinstance(line, str) for line in setup):
-        raise ConfigError("slurm.setup", setup, "a list of shell lines run before the ranks start, "
-                          "e.g. ['module load cuda/12.1', 'conda activate train']")
-    for line in setup:
-        check_sbatch_option("slurm.setup", line)
+    setup = tuple(str(line) for line in slurm.setup)
+    check_sbatch_option("slurm.setup", setup)
     return SlurmSubmission(
-        job_name=_optional_str(slurm, "job_name") or "ddp-train",
-        time_min=time_min,
-        partition=_optional_str(slurm, "partition"),
-        account=_optional_str(slurm, "account"),
-        qos=_optional_str(slurm, "qos"),
-        constraint=_optional_str(slurm, "constraint"),
-        cpus_per_task=cpus,
-        mem_gb=mem,
-        signal_delay_s=int(seconds),
-        wait=wait,
-        extra=dict(extra_options),
-        setup=tuple(setup),
+        job_name=strings["job_name"] or "ddp-train",
+        time_min=slurm.time,
+        partition=strings["partition"],
+        account=strings["account"],
+        qos=strings["qos"],
+        constraint=strings["constraint"],
+        cpus_per_task=slurm.cpus_per_task,
+        mem_gb=slurm.mem_gb,
+        signal_delay_s=int(str(slurm.signal).partition("@")[2]),
+        wait=slurm.wait,
+        extra=extra,
+        setup=setup,
     )
 
 
@@ -283,23 +252,17 @@ def auto_gpus_per_node(spec: Any, gpus: Any, backend: Any) -> Any:
 
 
 def plan_submission(cfg: DictConfig, run_dir: Path) -> SubmitPlan:
-    """Validate ``launcher=slurm`` on the submitting machine: nothing here looks at its devices."""
+    """``launcher=slurm`` on the submitting machine, its keys checked by the schema's rules before:
+    the counts Slurm is asked for. Nothing here looks at this machine's devices."""
     nodes = cfg.get("nodes")
-    nodes = 1 if nodes == "auto" else nodes
-    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
-        raise ConfigError("nodes", nodes, "allowed: auto (1) or an integer >= 1")
+    nodes = 1 if nodes == "auto" else nodes  # the schema allows auto or an integer >= 1
     gpus = cfg.get("gpus")
     if isinstance(gpus, ListConfig) and len(set(gpus)) == 1 and len(gpus) == nodes:
         gpus = gpus[0]
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
         raise ConfigError("gpus", gpus, "launcher=slurm needs the tasks per node as one integer "
                           "(one task per rank; Slurm gives every node the same count)")
-    backend = cfg.get("backend")
-    if backend not in ("auto", "nccl", "gloo"):
-        raise ConfigError("backend", backend, "allowed: auto, nccl, gloo")
-    dry_run = cfg.get("dry_run")
-    if not isinstance(dry_run, bool):
-        raise ConfigError("dry_run", dry_run, "allowed: true, false")
+    backend, dry_run = cfg.get("backend"), cfg.get("dry_run")
     gpus_per_node = auto_gpus_per_node(cfg.slurm.get("gpus_per_node"), cfg.get("gpus"), backend)
     if not isinstance(gpus_per_node, int) or isinstance(gpus_per_node, bool) or gpus_per_node < 0:
         raise ConfigError("slurm.gpus_per_node", gpus_per_node,
