@@ -195,19 +195,27 @@ def assert_ok(launch: Launch) -> None:
     assert launch.returncode == 0, f"launcher failed ({launch.returncode}):\n{launch.stderr[-5000:]}"
 
 
-# Parallel runs (pytest-xdist, `--dist loadgroup`): tests that share one machine-wide resource run
-# in one worker, one after another: the local Slurm cluster (two nodes; a second worker's jobs would
-# queue behind the first's and eat their timeouts) and the network namespaces (each session sweeps
-# away the stale ones it finds). Every other slow test stays with its module, whose module-scoped
-# fixtures (a trained run shared by several tests) are then built once.
-SHARED_RESOURCES = {"slurm_cluster": "slurm", "netns_permitted": "netns"}
+# Parallel runs (pytest-xdist, `--dist loadgroup`): the tests that use the local Slurm cluster run in
+# one worker, one after another (two nodes of four CPUs: a second worker's jobs would queue behind
+# the first's, or change how Slurm packs tasks); a test that uses a module-scoped fixture (a trained
+# run shared by several tests) stays with its module, so the fixture is built once. Every other
+# test goes to whichever worker is free. Network namespaces need no group: each test builds its
+# own, and a sweep spares those of a live process.
+SHARED_RESOURCES = {"slurm_cluster": "slurm"}
 
 
+def _module_fixture_user(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info is not None else ()
+    return any(definition.scope == "module" for chain in definitions for definition in chain)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         group = next((name for fixture, name in SHARED_RESOURCES.items() if fixture in fixtures), None)
-        if group is None and item.get_closest_marker("slow"):
+        if group is None and _module_fixture_user(item):
             group = item.module.__name__ if item.module else None
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))

@@ -48,7 +48,7 @@ class VirtualCluster:
     """``nodes`` namespaces on one bridge; node k has address 10.231.0.(k+1) and hostname nodek."""
 
     def __init__(self, nodes: int, own_hostnames: bool = True) -> None:
-        tag = uuid.uuid4().hex[:6]
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"  # the creator's pid: see sweep_stale_namespaces
         self.nodes = nodes
         self.own_hostnames = own_hostnames
         self.bridge_ns = f"{PREFIX}{tag}-br"
@@ -118,12 +118,27 @@ class VirtualCluster:
         self.created.clear()
 
 
+def _creator_alive(name: str) -> bool:
+    """Whether the test process that created namespace ``name`` still runs (parallel test
+    workers each sweep; none may delete the namespaces another one is using)."""
+    creator = name[len(PREFIX):].split("-", 1)[0]
+    if not creator.isdigit():
+        return False
+    try:
+        os.kill(int(creator), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_stale_namespaces() -> None:
     """Remove namespaces a killed test session left behind (only ours, by name)."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
     for line in listing.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(PREFIX):
+        if name.startswith(PREFIX) and not _creator_alive(name):
             with contextlib.suppress(RuntimeError):
                 _ip("netns", "del", name)
             shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
