@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from launcher.failures import CLEAN_EXIT_PREFIX
@@ -198,13 +199,17 @@ def joining_bounded_by(timeout: timedelta, report_fd: int) -> Iterator[None]:
         pending.unlink(missing_ok=True)
 
 
-def restarts() -> int:
-    """``trainer.contract.restarts``, imported when first needed: on Python 3.10 (no ``-P``) this
-    module starts with the working directory first on ``sys.path``, where a user's ``trainer/``
-    must not be taken for ours."""
-    from trainer.contract import restarts as counted
+@functools.cache
+def _contract() -> ModuleType:
+    """``trainer.contract``, imported on first use, which ``run_target`` makes before the user's
+    code runs: not at this module's import, when (Python 3.10, no ``-P``) the working directory
+    may still come first on ``sys.path`` and a user's ``trainer/`` there would be taken for ours;
+    and not after the user's code, whose own ``trainer`` may then be the one imported."""
+    return importlib.import_module("trainer.contract")
 
-    return counted()
+
+def restarts() -> int:
+    return int(_contract().restarts())
 
 
 def forget_our_trainer() -> None:

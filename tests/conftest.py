@@ -24,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = REPO / "tests" / "scripts" / "ddp_script.py"
 # Small but real: two ranks, a few dozen optimizer steps.
 TINY = ["data.dataset.num_samples=1024", "trainer.epochs=2"]
+# A launcher starting torch, beside the other tests running in parallel (two workers on two cores),
+# can take about 15 s before its rendezvous even begins: the slack a "fails within init_timeout"
+# bound allows on top of the timeout (never torch's 30 minutes).
+START_SLACK_S = 25
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
                   "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 

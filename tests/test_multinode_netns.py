@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, NodeResult, run_nodes, wait_for, wait_for_no_leftovers
+from tests.conftest import (
+    START_SLACK_S,
+    TINY,
+    NodeResult,
+    run_nodes,
+    wait_for,
+    wait_for_no_leftovers,
+)
 from tests.netns import NETNS_ETC, VirtualCluster, netns_unavailable_reason, sweep_stale_namespaces
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
@@ -190,7 +197,7 @@ def test_missing_node_fails_within_init_timeout(launcher, tmp_path, cluster, kin
                         prefix=in_namespace(cluster), timeout_s=60)
     result = results[0]
     assert result.returncode == 1, result.stderr[-3000:]
-    assert result.elapsed_s < 5 + 15, f"took {result.elapsed_s:.0f}s with init_timeout=5"
+    assert result.elapsed_s < 5 + START_SLACK_S, f"took {result.elapsed_s:.0f}s with init_timeout=5"
     assert expected in result.stderr, result.stderr[-3000:]
     assert_nothing_left(results)
 
@@ -205,7 +212,7 @@ def test_wrong_master_addr_fails_within_init_timeout_naming_it(launcher, tmp_pat
                         timeout_s=60)
     result = results[0]
     assert result.returncode == 1, result.stderr[-3000:]
-    assert result.elapsed_s < 5 + 15, f"took {result.elapsed_s:.0f}s with init_timeout=5"
+    assert result.elapsed_s < 5 + START_SLACK_S, f"took {result.elapsed_s:.0f}s with init_timeout=5"
     named = {"mp_spawn": f"({wrong}, {PORT})"}.get(kind, f"could not reach the rendezvous store at {wrong}:{PORT}")
     assert named in result.stderr, result.stderr[-3000:]
     assert_nothing_left(results)
