@@ -44,6 +44,15 @@ def slurm_gpus(spec: object, gpus: object, backend: object) -> object:
     return None if count == 0 else count
 
 
+def slurm_cpus(spec: object, partition: object, tasks_per_node: object) -> object:
+    """``cpus_per_task`` for Hydra's submitit launcher: ``auto`` is the partition's CPUs per node
+    over the tasks per node, asked of ``sinfo`` (``launcher.slurm.cpus``); else as given."""
+    from launcher.slurm.cpus import resolve_cpus_per_task
+
+    return resolve_cpus_per_task(spec, partition, tasks_per_node)
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_stamp", run_stamp, replace=True)
     OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus, replace=True)
+    OmegaConf.register_new_resolver("slurm_cpus", slurm_cpus, replace=True)

@@ -69,8 +69,9 @@ class SlurmOptions:
     qos: str | None = option(None, "the quality of service (null: the default)", SINGLE_LINE)
     constraint: str | None = option(None, "node features required, e.g. a100 (null: any node)",
                                     SINGLE_LINE)
-    cpus_per_task: int = option(1, "per task (= per rank): raise it for data loading, e.g. 8 "
-                                "(a node's cores / its GPUs)", Check(low=1))
+    cpus_per_task: Any = option("auto", "per task (= per rank), for data loading: auto = the partition's "
+                                "CPUs per node / tasks per node (sinfo's smallest node; 1 where sinfo "
+                                "does not answer), or N", AUTO | COUNT)
     mem_gb: float | None = option(None, "per node", Check(low=0, exclusive=True, what="a number of GB"))
     gpus_per_node: Any = option("auto", "auto: gpus (one GPU per rank) unless backend=gloo (gpus=auto: "
                                 "only with backend=nccl); 0: none", AUTO | integer(0))

@@ -65,8 +65,9 @@ CASES = {
     "dry_run_torchrun_flags_and_script": ["--nproc-per-node=2", "--max-restarts=0", "backend=gloo",
                                           "dry_run=true", "master_port={port}", "train.py", "--lr=0.1",
                                           "a b"],
+    # slurm.cpus_per_task pinned: auto asks this machine's sinfo (launcher.slurm.cpus)
     "sbatch_launcher_slurm": ["launcher=slurm", "dry_run=true", "nodes=2", "gpus=2", "slurm.partition=debug",
-                              "slurm.time=30", "slurm.setup=['module load cuda/12.1']",
+                              "slurm.time=30", "slurm.cpus_per_task=1", "slurm.setup=['module load cuda/12.1']",
                               "+slurm.extra.exclusive=true"],
 }
 

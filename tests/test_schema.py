@@ -178,6 +178,7 @@ RULES = [
     ("slurm.extra", [{}, {"exclusive": True}], [3, [], None], "a mapping of extra sbatch options, e.g. {exclusive: true}"),
     ("slurm.setup", [[], ["module load cuda"]], ["module load cuda", [3]], None),
     ("slurm.gpus_per_node", ["auto", 0, 4], [-1, None], "auto or an integer >= 0"),
+    ("slurm.cpus_per_task", ["auto", 1, 8], [0, -1, None, "8", True, 1.5], "auto or an integer >= 1"),
     ("launcher.name", ["torchrun", "mp_spawn", "slurm"], ["nope"], "torchrun, mp_spawn, slurm"),
     ("launcher.rdzv", ["static", "c10d"], ["etcd"], "static, c10d"),
     ("launcher.rdzv_endpoint", [None, "host:29400", "[::1]:1"], ["nohostport", 123, "h:0"],

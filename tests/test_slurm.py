@@ -24,6 +24,9 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
             "BOOT_FAIL", "DEADLINE"}
 JOB_TIMEOUT_S = 180
 CPU_ONLY = "backend=gloo"  # the test cluster has no GPUs: ask Slurm for none
+# Jobs of the tests share the two 4-CPU nodes, as jobs did before cpus_per_task=auto gave every task
+# its node's share of the CPUs (tests/test_slurm_cpus.py tests auto); points of a sweep run in parallel.
+SHARE_NODES = "slurm.cpus_per_task=1"
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +65,7 @@ class SlurmRunner:
 
     def launcher(self, *overrides: str, timeout_s: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
         # The test cluster has no GPUs: an integer gpus=N would ask Slurm for N GPUs per node.
-        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", CPU_ONLY, *overrides],
+        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", CPU_ONLY, SHARE_NODES, *overrides],
                               cwd=self.workdir, capture_output=True, text=True, env=self.env(),
                               timeout=timeout_s)
         self.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()
@@ -270,7 +273,7 @@ def test_slurm_sweep_runs_each_point_as_one_slurm_job_and_reports(slurm):
     whose tasks are the ranks (2 nodes x 1 task), the points run in parallel."""
     sweep = slurm.workdir / "sweep"
     done = subprocess.run([sys.executable, "-m", "launcher", "-m", "hydra/launcher=slurm",
-                           "optim.lr=0.1,0.03", "nodes=2", "gpus=1", CPU_ONLY, "slurm.time=10",
+                           "optim.lr=0.1,0.03", "nodes=2", "gpus=1", CPU_ONLY, SHARE_NODES, "slurm.time=10",
                            f"hydra.sweep.dir={sweep}", *TINY],
                           cwd=slurm.workdir, capture_output=True, text=True, env=slurm.env(),
                           timeout=JOB_TIMEOUT_S)

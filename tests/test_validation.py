@@ -134,6 +134,8 @@ REJECTED: list[tuple[list[str], str, str]] = [
     (["slurm.qos=3"], "slurm.qos", "slurm.qos=3"),
     (["slurm.constraint=''"], "slurm.constraint", "slurm.constraint=''"),
     (["slurm.cpus_per_task=0"], "slurm.cpus_per_task", "slurm.cpus_per_task=0"),
+    (["slurm.cpus_per_task=all"], "slurm.cpus_per_task",
+     "slurm.cpus_per_task='all': allowed: auto or an integer >= 1"),
     (["slurm.mem_gb=0"], "slurm.mem_gb", "slurm.mem_gb=0"),
     (["slurm.gpus_per_node=-1"], "slurm.gpus_per_node", "slurm.gpus_per_node=-1"),
     (["slurm.job_name=''"], "slurm.job_name", "slurm.job_name=''"),

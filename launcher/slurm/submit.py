@@ -26,6 +26,7 @@ from launcher.errors import ConfigError
 from launcher.launches import JobFailed
 from launcher.resolvers import gpus_per_node
 from launcher.slurm import LOG_FOLDER
+from launcher.slurm.cpus import resolve_cpus_per_task
 from launcher.slurm.task import RankTask, run_dir_override
 from launcher.slurm.watch import wait_for
 
@@ -70,7 +71,7 @@ class SlurmSubmission:
     account: str | None
     qos: str | None
     constraint: str | None
-    cpus_per_task: int
+    cpus_per_task: int | str  # an integer >= 1; auto until counted for the tasks per node
     mem_gb: float | None
     signal_delay_s: int
     wait: bool
@@ -80,6 +81,8 @@ class SlurmSubmission:
     def executor_parameters(self, nodes: int, tasks_per_node: int, gpus_per_node: int) -> dict[str, Any]:
         """submitit's parameters, named as Hydra's submitit launcher names them (``slurm_executor``):
         nodes x tasks per node = the ranks."""
+        if not isinstance(self.cpus_per_task, int):  # submission_from_config(cfg, tasks_per_node) counts it
+            raise RuntimeError(f"cpus_per_task={self.cpus_per_task!r} was not counted for the tasks per node")
         params: dict[str, Any] = {
             "name": self.job_name,
             "timeout_min": self.time_min,
@@ -101,10 +104,12 @@ class SlurmSubmission:
         return params
 
 
-def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
+def submission_from_config(cfg: DictConfig, tasks_per_node: int | None = None) -> SlurmSubmission:
     """The slurm block as sbatch gets it. Its keys' types and ranges are the schema's
     (``launcher.schema.SlurmOptions``, checked by ``launcher.validation`` before this runs); what
-    is checked here is the sbatch boundary's own: option names, and every value on one line."""
+    is checked here is the sbatch boundary's own: option names, and every value on one line.
+    ``cpus_per_task: auto`` is counted for ``tasks_per_node`` where it is given (a submission:
+    ``sinfo`` is asked, ``launcher.slurm.cpus``), else left as ``auto`` (a check of the block)."""
     slurm = cfg.slurm
     strings = {key: slurm.get(key) for key in ("job_name", "partition", "account", "qos", "constraint")}
     for key, value in strings.items():
@@ -124,7 +129,8 @@ def submission_from_config(cfg: DictConfig) -> SlurmSubmission:
         account=strings["account"],
         qos=strings["qos"],
         constraint=strings["constraint"],
-        cpus_per_task=slurm.cpus_per_task,
+        cpus_per_task=(slurm.cpus_per_task if tasks_per_node is None else cast(
+            int, resolve_cpus_per_task(slurm.cpus_per_task, strings["partition"], tasks_per_node))),
         mem_gb=slurm.mem_gb,
         signal_delay_s=int(str(slurm.signal).partition("@")[2]),
         wait=slurm.wait,
@@ -268,7 +274,7 @@ def plan_submission(cfg: DictConfig, run_dir: Path) -> SubmitPlan:
         raise ConfigError("slurm.gpus_per_node", gpus_per_node,
                           "allowed: auto (gpus unless backend=gloo) or an integer >= 0")
     check_run_dir("hydra.run.dir", run_dir)
-    return SubmitPlan(submission_from_config(cfg), nodes, gpus, gpus_per_node, run_dir, dry_run)
+    return SubmitPlan(submission_from_config(cfg, gpus), nodes, gpus, gpus_per_node, run_dir, dry_run)
 
 
 # hydra/launcher=slurm_submit: the plugin's launcher without the wait (launcher.slurm.sweep; Hydra takes
@@ -301,14 +307,22 @@ class SweepSubmission:
                           count, "# nothing was submitted"])
 
 
+def _resolved(node: DictConfig, name: Any) -> Any:
+    """``node[name]`` resolved, as ``OmegaConf.to_container(node, resolve=True)`` gives it."""
+    value = node[name]
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
 def check_slurm_sweep(cfg: DictConfig) -> SweepSubmission:
     """``-m hydra/launcher=slurm``, before the plugin submits anything: the slurm block as for
     ``launcher=slurm``, the sweep directory, and every option the plugin hands to submitit
-    (``hydra.launcher``, resolved as the plugin resolves it)."""
+    (``hydra.launcher``, resolved as the plugin resolves it). ``cpus_per_task`` is resolved last,
+    once everything else is known good: its ``auto`` asks ``sinfo`` (``launcher.slurm.cpus``)."""
     submission_from_config(cfg)
     check_sbatch_option("hydra.sweep.dir", str(cfg.hydra.sweep.dir))
-    options = cast("dict[str, Any]", OmegaConf.to_container(cfg.hydra.launcher, resolve=True))
-    assert isinstance(options, dict)
+    launcher = cfg.hydra.launcher
+    options: dict[str, Any] = {name: None if name == "cpus_per_task" else _resolved(launcher, name)
+                               for name in launcher}
     options.pop("_target_", None)
     check_sbatch_options("hydra.launcher", options)
     for name, source in (("nodes", "nodes"), ("tasks_per_node", "gpus")):
@@ -316,6 +330,9 @@ def check_slurm_sweep(cfg: DictConfig) -> SweepSubmission:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"hydra.launcher.{name}", value, f"an integer >= 1 (a Slurm sweep needs "
                               f"{source}=N, not auto or a list)")
+    if "cpus_per_task" in options:
+        options["cpus_per_task"] = _resolved(launcher, "cpus_per_task")
+        check_sbatch_option("hydra.launcher.cpus_per_task", options["cpus_per_task"])
     folder = Path(str(options.pop("submitit_folder")))
     options.pop("max_num_timeout", None)  # the executor's, not the script's
     return SweepSubmission(folder, options)
