@@ -5,7 +5,9 @@ and trainer add. Per step it does the same work as ``trainer/train.py`` with the
 same MLP, same cached data, DistributedSampler, SGD with a cosine schedule stepped after every
 optimizer step (the default ``sched=cosine``, no warm-up), a loss
 ``.item()`` per step, and per-epoch evaluation over a sharded validation set. With the same seed
-it ends with bit-identical weights, which the bench checks.
+it ends with bit-identical weights, which the bench checks. ``--checkpoint`` adds what a user
+would write for ``save.every_epochs=1`` (``bench/many_epochs.py``): rank 0 ``torch.save``s model,
+optimizer and schedule to that file after every epoch's evaluation, synchronously.
 
     torchrun --standalone --nproc-per-node=2 bench/handwritten_ddp.py --data X.npz --epochs 3 \\
         --summary out/summary.json
@@ -118,6 +120,9 @@ def train(args: argparse.Namespace) -> None:
         if rank == 0:
             print(f"epoch {epoch + 1}/{args.epochs} train_loss={loss_sum / samples:.4f} "
                   f"val_loss={val_loss:.4f} val_acc={val_acc:.4f}", flush=True)
+            if args.checkpoint is not None:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch + 1}, args.checkpoint)
 
     total_samples, time_sum = all_reduce([train_samples, train_time_s])
     (first_step_done,) = all_reduce([first_step_unix_s], dist.ReduceOp.MAX)
@@ -144,6 +149,7 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, required=True, help="JSON written by rank 0")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", type=Path, help="rank 0 saves here after every epoch")
     args = parser.parse_args()
 
     local_world_size = int(os.environ["LOCAL_WORLD_SIZE"])

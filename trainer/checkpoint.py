@@ -8,15 +8,16 @@ broadcast from rank 0, its structure as JSON.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
+import os
 import random
 import re
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from trainer.env import DistEnv
 from trainer.files import link_atomic, write_atomic
 from trainer.logs import get_logger
 from trainer.progress import Progress
+from trainer.writer import BackgroundWriter, snapshot
 
 log = get_logger("checkpoint")
 
@@ -234,40 +236,71 @@ def broadcast_state(state: dict[str, Any] | None, device: torch.device) -> dict[
     return _decode(json.loads(structure), received)
 
 
-def _read_verified(path: Path, size: int, sha256: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` when this rank sees the very file rank 0 read (same bytes)."""
+_HASH_CHUNK = 16 << 20  # bytes hashed at a time
+
+
+def _fingerprint(file: IO[bytes]) -> str:
+    """What tells an open checkpoint file's bytes from any other's, without reading them all.
+
+    torch's zip format ends in a central directory (a few kB) holding every record's name, size,
+    offset and CRC-32 (of the pickled structure and of every tensor's bytes): the sha256 of those
+    and the file's size tells files of different content apart (short of a CRC-32 collision in
+    every record that differs) without a second pass over gigabytes. A file of another format, or
+    saved without CRC-32s (``torch.serialization.set_crc32_options(False)``), is hashed whole.
+    Leaves ``file`` at 0."""
+    size = os.fstat(file.fileno()).st_size
     try:
-        if not path.is_file() or path.stat().st_size != size:
-            return None
-        data = path.read_bytes()
+        with zipfile.ZipFile(file) as archive:  # a file object passed in stays open
+            records = [[info.filename, info.CRC, info.file_size, info.header_offset] for info in archive.infolist()]
+    except zipfile.BadZipFile:
+        records = []
+    digest = hashlib.sha256(str(size).encode())
+    if records and all(crc or not length for _, crc, length, _ in records):
+        digest.update(json.dumps(records).encode())
+    else:
+        file.seek(0)
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    file.seek(0)
+    return digest.hexdigest()
+
+
+def _read_verified(path: Path, size: int, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` when this rank sees the very file rank 0 read (same size and
+    ``_fingerprint``); one open file, so the file checked is the file loaded."""
+    try:
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size != size or _fingerprint(file) != fingerprint:
+                return None
+            return torch.load(file, map_location="cpu", weights_only=True)
     except OSError:
         return None
-    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
-        return None
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def load_everywhere(path: Path | None, device: torch.device) -> dict[str, Any] | None:
     """The checkpoint rank 0 names, on every rank (collective; ``path`` matters on rank 0 only,
     None: nothing to resume).
 
-    Each rank reads the file itself (``torch.load(weights_only=True)``) when it sees the same file
-    as rank 0 (a shared run directory: same size and sha256); if any rank does not, rank 0 sends
-    the state as tensors (``broadcast_state``). Nothing is unpickled from the network.
+    Each rank reads the file itself (``torch.load(weights_only=True)``, reading it in place: one
+    copy of the state per rank) when it sees the same file as rank 0 (a shared run directory: same
+    size and ``_fingerprint``); rank 0 sends the fingerprint before it loads, so the ranks load at
+    the same time. If any rank does not see the file, rank 0 sends the state as tensors
+    (``broadcast_state``, one broadcast per tensor). Nothing is unpickled from the network.
     """
-    state, about = None, b""
+    state = None
     if dist.get_rank() == 0 and path is not None:
-        data = path.read_bytes()
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        about = json.dumps({"path": str(path.resolve()), "size": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()}).encode()
-        del data
-    about = _broadcast_bytes(about, device)
+        with open(path, "rb") as file:
+            about = _broadcast_bytes(json.dumps({
+                "path": str(path.resolve()), "size": os.fstat(file.fileno()).st_size,
+                "fingerprint": _fingerprint(file)}).encode(), device)
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    else:
+        about = _broadcast_bytes(b"", device)
     if not about:
         return None
     if dist.get_rank() != 0:
         where = json.loads(about)
-        state = _read_verified(Path(where["path"]), where["size"], where["sha256"])
+        state = _read_verified(Path(where["path"]), where["size"], where["fingerprint"])
     everyone = torch.tensor([state is not None], dtype=torch.int64, device=device)
     dist.all_reduce(everyone, op=dist.ReduceOp.MIN)
     if not everyone.item():
@@ -291,13 +324,17 @@ def weights_sha256(model: torch.nn.Module) -> str:
 class Checkpoints:
     """``DIR/checkpoints``: ``last.pt`` (what a resume reads), ``best.pt`` (``save.best``), and with
     ``save.keep_last=N`` the N newest as ``step-GLOBALSTEP.pt`` (``last.pt`` another name of the
-    newest). Every name changes in one rename, so a crash leaves the previous checkpoint whole."""
+    newest). Every name changes in one rename, so a crash leaves the previous checkpoint whole.
+
+    Rank 0 writes in the background (``trainer.writer``): ``submit`` returns once the state is
+    copied to CPU memory; ``wait`` (the run's end, a stop) returns once it is on disk."""
 
     STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
     def __init__(self, run_dir: Path, keep_last: int = 1) -> None:
         self.folder = run_dir / CHECKPOINTS_DIR
         self.keep_last = keep_last
+        self.writer = BackgroundWriter()
 
     @property
     def last(self) -> Path:
@@ -307,7 +344,29 @@ class Checkpoints:
     def best(self) -> Path:
         return self.folder / "best.pt"
 
-    def write(self, state: dict[str, Any], global_step: int) -> None:
+    def submit(self, state: dict[str, Any], global_step: int, last: bool = True, best: bool = False) -> None:
+        """Write ``state`` in the background: as ``last.pt`` (``last``), then as ``best.pt`` too
+        (``best``: a link to the new ``last.pt``, or its own file when ``last`` is False). Waits
+        for the previous write first (so at most one snapshot is held), and raises its error if it
+        failed."""
+        self.writer.wait()
+        copy = snapshot(state)
+        self.writer.submit(lambda: self._write(copy, global_step, last, best))
+
+    def wait(self) -> None:
+        """Every submitted checkpoint is on disk (raises a failed write's error)."""
+        self.writer.wait()
+
+    def _write(self, state: dict[str, Any], global_step: int, last: bool, best: bool) -> None:
+        if last:
+            self._write_last(state, global_step)
+        if best:
+            if last:
+                link_atomic(self.last, self.best)
+            else:
+                save_atomic(state, self.best)
+
+    def _write_last(self, state: dict[str, Any], global_step: int) -> None:
         if self.keep_last == 1:
             save_atomic(state, self.last)
             return
@@ -317,10 +376,6 @@ class Checkpoints:
         kept = sorted(path for path in self.folder.glob("step-*.pt") if self.STEP_FILE.fullmatch(path.name))
         for old in kept[:-self.keep_last]:
             old.unlink(missing_ok=True)
-
-    def mark_best(self) -> None:
-        """The checkpoint just written is also the best one."""
-        link_atomic(self.last, self.best)
 
 
 @dataclass
@@ -356,15 +411,12 @@ class TrainingState:
         }
 
     def save(self, checkpoints: Checkpoints, env: DistEnv, progress: Progress, device: torch.device,
-             best_only: bool = False) -> None:
-        """Collective; rank 0 writes ``last.pt`` (or, ``best_only``, just ``best.pt``)."""
+             last: bool = True, best: bool = False) -> None:
+        """Collective; rank 0 hands the state to the background writer: ``last.pt`` (``last``),
+        ``best.pt`` (``best``). Returns once the state is copied, not written (``Checkpoints.wait``)."""
         state = self.state_dict(env, progress, device)
-        if state is None:
-            return
-        if best_only:
-            save_atomic(state, checkpoints.best)
-        else:
-            checkpoints.write(state, progress.global_step)
+        if state is not None:
+            checkpoints.submit(state, progress.global_step, last=last, best=best)
 
     def restore(self, state: dict[str, Any], env: DistEnv, device: torch.device, sched: Any,
                 steps_per_epoch: int, epochs: int, log: logging.Logger) -> Progress:

@@ -394,14 +394,8 @@ class Run:
         monitor.end_epoch(record)
         every_epochs = self.options.save.every_epochs
         saved = bool(every_epochs and (epoch + 1) % every_epochs == 0) or stops_early
-        if saved:
-            self.save(progress)
-        if new_best:
-            if saved:
-                if env.is_main:
-                    self.checkpoints.mark_best()
-            else:
-                self.state.save(self.checkpoints, env, progress, device, best_only=True)
+        if saved or new_best:
+            self.state.save(self.checkpoints, env, progress, device, last=saved, best=new_best)
         if stops_early and self.early_stop is not None:
             self.worker.log.info("early stop after epoch %d: %s has not improved for %d epochs (best %.4g)",
                                  epoch + 1, self.early_stop.monitor, progress.epochs_since_best,
@@ -439,6 +433,7 @@ def train(cfg: DictConfig, options: Options) -> int:
             stop = run.train_epoch(progress, monitor)
             if stop:  # Slurm's time limit or a cancel: a mid-epoch checkpoint, then leave
                 run.save(progress)
+                run.checkpoints.wait()  # on disk before the job is requeued or ends
                 monitor.close()
                 del run
                 return stop_for_slurm(stop, worker.env, worker.log, cfg.slurm.max_requeues, worker.device)
@@ -448,6 +443,7 @@ def train(cfg: DictConfig, options: Options) -> int:
         if not val_metrics:  # resumed after the last epoch: report the final model anyway
             val_metrics = evaluate(run.ddp_model, run.step, run.val_loader, worker.device,
                                    options.trainer.channels_last)
+        run.checkpoints.wait()  # the last checkpoint is on disk (a failed write fails the run)
         summary = run.summary(progress, val_metrics, time.perf_counter() - start)
         monitor.close()
         if worker.env.is_main:
