@@ -63,11 +63,14 @@ def one_rank(monkeypatch) -> Iterator[None]:
                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
         monkeypatch.setenv(key, value)
     threads = torch.get_num_threads()
+    logger = logging.getLogger(LOGGER_NAME)
+    propagate, level = logger.propagate, logger.level  # the trainer's setup_logging changes both
     yield
     torch.set_num_threads(threads)
-    for handler in logging.getLogger(LOGGER_NAME).handlers:
+    for handler in logger.handlers:
         handler.close()
-    logging.getLogger(LOGGER_NAME).handlers.clear()
+    logger.handlers.clear()
+    logger.propagate, logger.level = propagate, level
 
 
 def train_counting_host_reads(cfg: DictConfig, monkeypatch) -> tuple[dict[int, list[str]], int]:

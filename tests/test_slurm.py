@@ -63,9 +63,11 @@ class SlurmRunner:
         self.jobs.append(job_id)
         return job_id
 
-    def launcher(self, *overrides: str, timeout_s: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
+    def launcher(self, *overrides: str, timeout_s: float = JOB_TIMEOUT_S,
+                 share_nodes: bool = True) -> subprocess.CompletedProcess:
         # The test cluster has no GPUs: an integer gpus=N would ask Slurm for N GPUs per node.
-        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", CPU_ONLY, SHARE_NODES, *overrides],
+        shared = [SHARE_NODES] if share_nodes else []
+        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", CPU_ONLY, *shared, *overrides],
                               cwd=self.workdir, capture_output=True, text=True, env=self.env(),
                               timeout=timeout_s)
         self.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()

@@ -190,11 +190,11 @@ def test_checking_a_config_asks_no_sinfo(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_launcher_slurm_dry_run_asks_the_cluster(slurm):  # noqa: F811
-    done = slurm.launcher("nodes=1", "gpus=2", "dry_run=true")
+    done = slurm.launcher("nodes=1", "gpus=2", "dry_run=true", share_nodes=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "#SBATCH --cpus-per-task=2\n" in done.stdout  # 4 CPUs / 2 tasks
     assert "slurm.cpus_per_task=auto" not in done.stderr
-    pinned = slurm.launcher("nodes=1", "gpus=2", "dry_run=true", "slurm.cpus_per_task=1")
+    pinned = slurm.launcher("nodes=1", "gpus=2", "dry_run=true", "slurm.cpus_per_task=1", share_nodes=False)
     assert pinned.returncode == 0, pinned.stdout[-2000:] + pinned.stderr[-2000:]
     assert "#SBATCH --cpus-per-task=1\n" in pinned.stdout
 
