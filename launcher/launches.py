@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -52,6 +53,22 @@ class Launch(Protocol):
     def run(self, cfg: DictConfig, sweep_point: bool) -> None:
         """Start the job and see it end; raises ``JobFailed`` when it did not succeed."""
         ...
+
+
+@dataclass(frozen=True)
+class JobLaunch:
+    """A launch of a job this machine checked (its ranks here, or this Slurm task as its rank):
+    what the interface asks of it comes from the job."""
+
+    job: JobConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return self.job.run_dir
+
+    @property
+    def dry_run(self) -> bool:
+        return self.job.dry_run
 
 
 def prepare_run_dir(cfg: DictConfig, job: JobConfig) -> None:

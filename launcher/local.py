@@ -18,7 +18,7 @@ from launcher.child import ERROR_DIR_ENV, PARENT_PID_ENV
 from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import FAILURE_FILE, first_failure, recorded_failures, write_failure
-from launcher.launches import JobFailed, prepare_run_dir
+from launcher.launches import JobFailed, JobLaunch, prepare_run_dir
 from launcher.local_store import FILE_STORE_ENV
 from launcher.modes import get_mode
 from launcher.rank_output import LOGS_SUBDIR, log_file_name
@@ -32,18 +32,8 @@ JOB_ID_ENV = "LAUNCHER_JOB_ID"
 
 
 @dataclass(frozen=True)
-class LocalLaunch:
+class LocalLaunch(JobLaunch):
     """This node's ranks as children of this process (torchrun's agent, or mp_spawn)."""
-
-    job: JobConfig
-
-    @property
-    def run_dir(self) -> Path:
-        return self.job.run_dir
-
-    @property
-    def dry_run(self) -> bool:
-        return self.job.dry_run
 
     def describe(self) -> str:
         return plan.describe(self.job, get_mode(self.job.mode.name).command_line(self.job))

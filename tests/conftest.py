@@ -195,6 +195,18 @@ def run_nodes(launcher: Launcher, run_root: Path, per_node: Sequence[Sequence[st
     return results
 
 
+def project_with_its_own_trainer(directory: Path) -> Path:
+    """A user's project: ``train.py`` imports the ``trainer.py`` beside it and leaves, per rank, a
+    file ``imported_RANK`` holding that module's NAME ('the user trainer'). Returns the script."""
+    directory.mkdir()
+    (directory / "trainer.py").write_text("NAME = 'the user trainer'\n")
+    (directory / "train.py").write_text(
+        "import os, trainer\n"
+        "open(os.path.join(os.path.dirname(__file__), 'imported_' + os.environ['RANK']), 'w')"
+        ".write(trainer.NAME)\n")
+    return directory / "train.py"
+
+
 def assert_ok(launch: Launch) -> None:
     assert launch.returncode == 0, f"launcher failed ({launch.returncode}):\n{launch.stderr[-5000:]}"
 

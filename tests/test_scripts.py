@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, assert_ok, wait_for_no_leftovers
+from tests.conftest import REPO, assert_ok, project_with_its_own_trainer, wait_for_no_leftovers
 
 USER_SCRIPT = REPO / "tests" / "scripts" / "user_script.py"
 MODES = ["torchrun", "mp_spawn"]
@@ -207,14 +207,9 @@ def test_no_command_takes_a_users_trainer_package_for_ours(tmp_path, command):
 
 def test_script_imports_its_own_siblings_first(launcher, tmp_path):
     """A user's script next to its own trainer.py gets that one, as `python train.py` would."""
-    scripts = tmp_path / "project"
-    scripts.mkdir()
-    (scripts / "trainer.py").write_text("NAME = 'the user trainer'\n")
-    (scripts / "train.py").write_text(
-        "import os, trainer\n"
-        "open(os.path.join(os.path.dirname(__file__), 'imported_' + os.environ['RANK']), 'w')"
-        ".write(trainer.NAME)\n")
-    assert_ok(launcher.run("--nproc-per-node=2", str(scripts / "train.py")))
+    script = project_with_its_own_trainer(tmp_path / "project")
+    scripts = script.parent
+    assert_ok(launcher.run("--nproc-per-node=2", str(script)))
     assert (scripts / "imported_0").read_text() == (scripts / "imported_1").read_text() == "the user trainer"
 
 

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DDP_SCRIPT, REPO, TINY, wait_for, wait_for_no_leftovers
+from tests.conftest import (
+    DDP_SCRIPT,
+    REPO,
+    TINY,
+    project_with_its_own_trainer,
+    wait_for,
+    wait_for_no_leftovers,
+)
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -193,15 +200,9 @@ def test_launcher_slurm_failing_rank_fails_the_job_with_its_traceback(slurm):
 def test_a_script_under_slurm_imports_its_own_sibling_trainer(slurm):
     """Each Slurm task runs the script in the launcher's own process, which imported our trainer
     package for its checks: the script's ``import trainer`` must still find its own trainer.py."""
-    project = slurm.workdir / "project"
-    project.mkdir()
-    (project / "trainer.py").write_text("NAME = 'the user trainer'\n")
-    (project / "train.py").write_text(
-        "import os, trainer\n"
-        "open(os.path.join(os.path.dirname(__file__), 'imported_' + os.environ['RANK']), 'w')"
-        ".write(trainer.NAME)\n")
-    done = slurm.launcher("nodes=1", "gpus=2", "slurm.wait=true", "slurm.time=10",
-                          f"script={project / 'train.py'}")
+    script = project_with_its_own_trainer(slurm.workdir / "project")
+    project = script.parent
+    done = slurm.launcher("nodes=1", "gpus=2", "slurm.wait=true", "slurm.time=10", f"script={script}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert [(project / f"imported_{rank}").read_text() for rank in (0, 1)] == ["the user trainer"] * 2
 

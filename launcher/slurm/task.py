@@ -15,9 +15,8 @@ from omegaconf import DictConfig
 from launcher import plan
 from launcher.child import ERROR_DIR_ENV, run_target
 from launcher.cli import hydra_quote
-from launcher.config import JobConfig
 from launcher.failures import first_failure, recorded_failures
-from launcher.launches import JobFailed, prepare_run_dir
+from launcher.launches import JobFailed, JobLaunch, prepare_run_dir
 from launcher.slurm import FAILURES_DIR
 from launcher.supervise import run_forwarding_signals
 from trainer.contract import threads_per_rank
@@ -27,7 +26,7 @@ log = logging.getLogger("launcher")
 
 
 @dataclass(frozen=True)
-class SlurmTask:
+class SlurmTask(JobLaunch):
     """This task of a Slurm step is one rank: it runs the target here and spawns nothing.
 
     Failures are recorded under ``DIR/failures``, where ``launcher=slurm`` finds the failing rank's
@@ -36,16 +35,6 @@ class SlurmTask:
     its result to submitit, and must not let submitit's USR2 handler requeue the job before the
     ranks have checkpointed.
     """
-
-    job: JobConfig
-
-    @property
-    def run_dir(self) -> Path:
-        return self.job.run_dir
-
-    @property
-    def dry_run(self) -> bool:
-        return self.job.dry_run
 
     def describe(self) -> str:
         return plan.describe(self.job, f"(in this process) python {' '.join(self.job.target.python_args())}")
