@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -29,11 +29,16 @@ CONFIG_DIR = next(
 )
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
-def _main(cfg: DictConfig) -> float | None:
+VERSION_BASE = "1.3"
+
+
+def _task(cfg: DictConfig) -> float | None:
     from launcher.app import run
 
     return run(cfg)
+
+
+_main = hydra.main(version_base=VERSION_BASE, config_path=str(CONFIG_DIR), config_name="config")(_task)
 
 
 # Hydra flags that compose another config (or none, or another way): left to Hydra to report.
@@ -83,6 +88,57 @@ def hydra_error_line(error: Exception, compose_without: Callable[[str], Any]) ->
     return "; ".join(lines) or type(error).__name__
 
 
+def run_composed_once(overrides: list[str]) -> None:
+    """One run, as ``hydra.main`` makes it, from a config composed once.
+
+    ``hydra.main`` composes the config twice (the first time only to read ``hydra.mode``), and
+    Hydra's own errors need a composition of their own to be reported in one line
+    (`check_composition`): about 0.25 s each, on every run and every rejected config. Composing
+    here, once, answers both; the run itself (callbacks, the run directory, logging, ``.hydra/``)
+    is Hydra's ``run_job``, as in ``Hydra.run``."""
+    from hydra import version
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path, run_and_report
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
+
+    version.setbase(VERSION_BASE)
+    hydra_app = Hydra.create_main_hydra2(task_name="launcher",
+                                         config_search_path=create_config_search_path(str(CONFIG_DIR)))
+    overrides = [*overrides, "hydra.mode=RUN"]  # what hydra.main adds when the config names no mode
+
+    def compose_without(key: str) -> Any:
+        kept = [item for item in overrides if override_key(item) != key]
+        return hydra_app.compose_config("config", kept, run_mode=RunMode.RUN)
+
+    def run() -> None:
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name="config")
+        job = run_job(hydra_context=HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks),
+                      task_function=_task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+        callbacks.on_run_end(config=cfg, config_name="config", job_return=job)
+        job.return_value  # noqa: B018  (raises the task's exception, which run_and_report reports)
+
+    try:
+        try:
+            cfg = hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN,
+                                           with_log_configuration=True)
+        except Exception as error:
+            print(f"error: {hydra_error_line(error, compose_without)}", file=sys.stderr)
+            sys.exit(CONFIG_ERROR_EXIT_CODE)
+        run_and_report(run)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def composes_once(hydra_args: list[str]) -> bool:
+    """Whether `run_composed_once` can make this run: a plain run, no flag for Hydra (a sweep, a
+    config directory, --cfg, ...) and no mode chosen by an override."""
+    return not any(arg.startswith("-") or override_key(arg) == "hydra.mode" for arg in hydra_args)
+
+
 def check_composition(hydra_args: list[str]) -> None:
     """Compose the config once, as Hydra is about to, so that Hydra's own errors (an unknown group
     option or key, an override that does not parse) are one line with exit code 2 like any other
@@ -96,7 +152,7 @@ def check_composition(hydra_args: list[str]) -> None:
 
     overrides = [arg for arg in hydra_args if not arg.startswith("--")]
     mode = RunMode.MULTIRUN if "--multirun" in flags else RunMode.RUN
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=VERSION_BASE, job_name="launcher"):
         hydra_app = GlobalHydra.instance().hydra
         assert hydra_app is not None  # set by initialize_config_dir
 
@@ -138,17 +194,32 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"ddp-launcher {__version__}")
         return
-    check_composition(command.hydra_args)
-    sys.argv = [sys.argv[0] if sys.argv else "launcher", *command.hydra_args]
     from launcher.supervise import exit_now_if_agent_stuck
 
+    sys.argv = [sys.argv[0] if sys.argv else "launcher", *command.hydra_args]  # what Hydra's run reads
     try:
-        _main()
+        if composes_once(command.hydra_args):
+            run_composed_once(command.hydra_args)
+        else:
+            check_composition(command.hydra_args)
+            _main()
     except SystemExit as stop:
         exit_now_if_agent_stuck(stop.code)
         raise
     exit_now_if_agent_stuck(0)
 
 
+def command() -> NoReturn:
+    """``python -m launcher`` and ``ddp-launch``: `main`, then the process ends without the
+    interpreter's teardown (`supervise.leave`). In-process callers use `main`."""
+    from launcher.supervise import leave
+
+    try:
+        main()
+    except SystemExit as stop:
+        leave(stop.code)
+    leave(0)
+
+
 if __name__ == "__main__":
-    main()
+    command()
