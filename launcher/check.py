@@ -52,13 +52,16 @@ The keys and flags are python -m launcher's (python -m launcher --help), less a 
 $LAUNCHER_CHECK_SIZE_MIB sets the size of the timed all-reduce (default 64 MiB on GPU, 4 on CPU)."""
 
 
-def _node_list(nodes: Sequence[int]) -> str:
-    return f"node {nodes[0]}" if len(nodes) == 1 else "nodes " + ", ".join(map(str, nodes))
+def _node_list(nodes: Sequence[int], hosts: Sequence[str]) -> str:
+    named = [f"{node} ({hosts[node]})" if node < len(hosts) else str(node) for node in nodes]
+    return f"node {named[0]}" if len(named) == 1 else "nodes " + ", ".join(named)
 
 
-def missing_nodes(message: str, nodes: int, node_rank: int | None, init_timeout: Any) -> str | None:
+def missing_nodes(message: str, nodes: int, node_rank: int | None, init_timeout: Any,
+                  hosts: Sequence[str] = ()) -> str | None:
     """The verdict for a launcher error that says the job never assembled, naming the nodes that
-    can be missing as seen from this one (``node_rank`` None: assigned at the rendezvous, unknown)."""
+    can be missing as seen from this one (``node_rank`` None: assigned at the rendezvous, unknown;
+    ``hosts``: the nodes' host names, where known)."""
     within = f"within init_timeout={init_timeout}s"
     unreached = MASTER_UNREACHED.search(message)
     if unreached and node_rank not in (None, 0):
@@ -72,9 +75,9 @@ def missing_nodes(message: str, nodes: int, node_rank: int | None, init_timeout:
     if node_rank is None:
         what = f"not all {nodes} nodes joined"
     elif len(others) == 1:
-        what = f"{_node_list(others)} did not join"
+        what = f"{_node_list(others, hosts)} did not join"
     else:
-        what = f"not every one of {_node_list(others)} joined"
+        what = f"not every one of {_node_list(others, hosts)} joined"
     return f"FAIL: {what} {within}{count}: start every node, with the same nodes and rendezvous address and port"
 
 
@@ -82,9 +85,9 @@ class _MissingNodeReporter(logging.Handler):
     """Prints the verdict naming the missing node as the launcher logs that the job never
     assembled: at once, since a launcher whose rendezvous thread is stuck leaves with os._exit."""
 
-    def __init__(self, nodes: int, node_rank: int | None, init_timeout: Any) -> None:
+    def __init__(self, nodes: int, node_rank: int | None, init_timeout: Any, hosts: Sequence[str] = ()) -> None:
         super().__init__(logging.ERROR)
-        self.facts = (nodes, node_rank, init_timeout)
+        self.facts = (nodes, node_rank, init_timeout, hosts)
 
     def emit(self, record: logging.LogRecord) -> None:
         found = missing_nodes(record.getMessage(), *self.facts)
@@ -96,16 +99,21 @@ class NameMissingNodes(Callback):
     """Hydra callback: once Hydra has set up the launcher's logging, listen to its errors."""
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        nodes = config.get("nodes")
+        hosts: list[str] = []
+        node_rank: int | None
+        if SlurmEnvironment.detect(os.environ):  # the step says how many nodes, and which this is
+            slurm = SlurmEnvironment(os.environ)
+            nodes, node_rank, hosts = slurm.nodes(), slurm.node_rank(), slurm.hosts()
+        else:
+            nodes, node_rank = config.get("nodes"), config.get("node_rank")
+            if node_rank == "auto":
+                node_rank = 0
         if not isinstance(nodes, int) or nodes < 2:
-            return  # one node, or as many as the Slurm step has: none can be missing
-        node_rank = config.get("node_rank")
-        if node_rank == "auto":  # node 0, except in a Slurm step (SLURM_NODEID: not named here)
-            node_rank = None if SlurmEnvironment.detect(os.environ) else 0
+            return  # one node: none can be missing
         if config.launcher.get("rdzv") == "c10d":  # assigned by the rendezvous as nodes arrive
             node_rank = None
         logging.getLogger("launcher").addHandler(
-            _MissingNodeReporter(nodes, node_rank, config.get("init_timeout")))
+            _MissingNodeReporter(nodes, node_rank, config.get("init_timeout"), hosts))
 
 
 def refuse_own_target(args: Sequence[str]) -> None:

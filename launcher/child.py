@@ -19,6 +19,7 @@ import functools
 import importlib
 import inspect
 import json
+import logging
 import os
 import runpy
 import signal
@@ -32,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from launcher.failures import CLEAN_EXIT_PREFIX
+from launcher.failures import CLEAN_EXIT_PREFIX, RankFailure
 from launcher.local_store import rank_store_path, use_file_store_for_env_rendezvous
 from launcher.rank_output import capture_rank_output
 from launcher.ranks import rank_info
@@ -222,10 +223,13 @@ def forget_our_trainer() -> None:
         del sys.modules[module]
 
 
-def run_target(kind: str, name: str, args: list[str], parent: int | None = None) -> None:
+def run_target(kind: str, name: str, args: list[str], parent: int | None = None,
+               failure_reported_above: bool = True) -> None:
     """Run a module or script as ``__main__`` in this process, the way ``python`` would, or
     replace this process with an executable (``no_python``). ``parent``: the process whose death
-    ends this one (default: the launcher, ``LAUNCHER_PARENT_PID``)."""
+    ends this one (default: the launcher, ``LAUNCHER_PARENT_PID``). ``failure_reported_above``:
+    a launcher above this rank reports its failure (false for a Slurm task: this rank is the
+    launcher, and reports its own)."""
     faulthandler.enable()
     if parent is None and os.environ.get(PARENT_PID_ENV):
         parent = int(os.environ[PARENT_PID_ENV])
@@ -264,8 +268,20 @@ def run_target(kind: str, name: str, args: list[str], parent: int | None = None)
         raise
     except BaseException as error:
         record_failure(error)
+        if not failure_reported_above:
+            report_own_failure(error, rank)
         fail_fast(error, file_only)
     record_clean_exit()
+
+
+def report_own_failure(error: BaseException, rank: int) -> None:
+    """Log this rank's failure as a launcher would report it (rank, host, error, the end of its
+    traceback), for a rank that no launcher above reports: a Slurm task, whose log is the job's
+    output."""
+    failure = RankFailure(rank=rank, host=socket.gethostname(), exit_code=None,
+                          time=time.time(), error=f"{type(error).__name__}: {error}",
+                          traceback=_user_traceback(error))
+    logging.getLogger("launcher").error("%s", failure.describe(first=False))
 
 
 def record_clean_exit() -> None:

@@ -34,11 +34,12 @@ class RankFailure:
     traceback: str = ""
     attempt: int = 0  # torchrun restart count when it failed
 
-    def describe(self) -> str:
+    def describe(self, first: bool = True) -> str:
+        """What failed, where and why; ``first``: chosen among the job's failures as the cause."""
         how = self.error
         if not how and self.exit_code is not None:
             how = _exit_description(self.exit_code)
-        lines = [f"rank {self.rank} on host {self.host} failed first: {how}"]
+        lines = [f"rank {self.rank} on host {self.host} failed{' first' if first else ''}: {how}"]
         joined = JOINED.search(self.error)
         if joined:
             lines.append(f"only {joined.group(1)} of {joined.group(2)} ranks joined: check that every "

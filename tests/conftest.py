@@ -217,7 +217,7 @@ def assert_ok(launch: Launch) -> None:
 # run shared by several tests) stays with its module, so the fixture is built once. Every other
 # test goes to whichever worker is free. Network namespaces need no group: each test builds its
 # own, and a sweep spares those of a live process.
-SHARED_RESOURCES = {"slurm_cluster": "slurm"}
+SHARED_RESOURCES = {"slurm_cluster": "slurm", "netns_slurm_cluster": "slurm"}
 
 
 def _module_fixture_user(item: pytest.Item) -> bool:

@@ -57,7 +57,7 @@ class SlurmTask(JobLaunch):
         log.info("Slurm task: rank %d of %d (node %d, local rank %d) in %s", rank.rank,
                  job.world_size, job.node_rank, rank.local_rank, job.run_dir)
         if not sweep_point:
-            run_target(job.target.kind, job.target.name, list(job.target.args))
+            run_target(job.target.kind, job.target.name, list(job.target.args), failure_reported_above=False)
             return
         code = run_forwarding_signals([sys.executable, "-m", "launcher.child", job.target.kind,
                                        job.target.name, *job.target.args])
