@@ -3,12 +3,33 @@
 import pytest
 import torch
 
-from tests.conftest import assert_ok, wait_for_no_leftovers
+from tests.conftest import Launcher, assert_ok, wait_for_no_leftovers
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
 # 2048 samples, 20% held out, 64 per rank per step: 13 steps per epoch, 3 epochs = 39 steps.
 SMALL = ["data.dataset.num_samples=2048", "trainer.epochs=3", "model._target_=tests.plugins.FaultyMLP"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """``uninterrupted(ranks)``: the summary of the SMALL job run without a stop on that many
+    ranks, made once for the module. The weights do not depend on the launch mode, the checkpoint
+    cadence or Slurm's stop check, so every kill-and-resume test of a world size compares with
+    the same run (and the torchrun case also with an mp_spawn run)."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    runner = Launcher(directory)
+    summaries: dict[int, dict] = {}
+
+    def summary(ranks: int) -> dict:
+        if ranks not in summaries:
+            launch = runner.run(*SMALL, "launcher=mp_spawn", f"gpus={ranks}", run_dir=directory / f"ranks{ranks}")
+            assert_ok(launch)
+            summaries[ranks] = launch.summary()
+        return summaries[ranks]
+
+    yield summary
+    runner.kill_leftovers()
 
 
 def killed_then_resumed(launcher, tmp_path, overrides, fault_step):
@@ -29,27 +50,26 @@ def killed_then_resumed(launcher, tmp_path, overrides, fault_step):
 
 
 @pytest.mark.parametrize(
-    ("mode", "checkpointing", "fault_step", "expect_mid_epoch", "total_steps"),
+    ("mode", "ranks", "checkpointing", "fault_step", "expect_mid_epoch", "total_steps"),
     [
-        ("torchrun", ["save.every_epochs=1"], 20, False, 39),  # last checkpoint: end of epoch 1
-        ("mp_spawn", ["save.every_steps=5"], 23, True, 39),    # last checkpoint: step 20, mid-epoch
+        ("torchrun", 2, ["save.every_epochs=1"], 20, False, 39),  # last checkpoint: end of epoch 1
+        ("mp_spawn", 2, ["save.every_steps=5"], 23, True, 39),    # last checkpoint: step 20, mid-epoch
         # Four ranks (7 steps per epoch): with more than two, the gradient sum's order depends on
         # DDP's bucket layout, which a resumed process must not lay out differently.
-        ("mp_spawn", ["gpus=4", "save.every_steps=5"], 12, True, 21),
+        ("mp_spawn", 4, ["save.every_steps=5"], 12, True, 21),
     ],
     ids=["epoch-boundary", "mid-epoch", "mid-epoch-4-ranks"],
 )
-def test_resume_after_kill_gives_identical_weights(launcher, tmp_path, mode, checkpointing,
+def test_resume_after_kill_gives_identical_weights(launcher, tmp_path, uninterrupted, mode, ranks, checkpointing,
                                                    fault_step, expect_mid_epoch, total_steps):
-    overrides = [f"launcher={mode}", *checkpointing]
-    reference = launcher.run(*SMALL, *overrides, run_dir=tmp_path / "reference")
-    assert_ok(reference)
+    overrides = [f"launcher={mode}", f"gpus={ranks}", *checkpointing]
+    reference = uninterrupted(ranks)
     progress, resumed = killed_then_resumed(launcher, tmp_path, overrides, fault_step)
     assert (progress["step_in_epoch"] > 0) == expect_mid_epoch, progress
     assert progress["global_step"] < fault_step
-    assert resumed["global_step"] == reference.summary()["global_step"] == total_steps
-    assert resumed["weights_sha256"] == reference.summary()["weights_sha256"]
-    assert resumed["val_loss"] == reference.summary()["val_loss"]
+    assert resumed["global_step"] == reference["global_step"] == total_steps
+    assert resumed["weights_sha256"] == reference["weights_sha256"]
+    assert resumed["val_loss"] == reference["val_loss"]
 
 
 def test_resume_auto_without_checkpoint_starts_fresh(launcher):
@@ -82,15 +102,13 @@ def test_resume_with_another_world_size_restarts_the_epoch(launcher, tmp_path):
     assert resumed.summary()["global_step"] == 3 + 26
 
 
-def test_time_limit_signal_stops_every_rank_at_one_step_and_resumes_exactly(launcher, tmp_path):
+def test_time_limit_signal_stops_every_rank_at_one_step_and_resumes_exactly(launcher, tmp_path, uninterrupted):
     """Slurm's USR1 reaches one rank during step 9: all four stop after the same step (the next
     agreement, step 12), checkpoint, and a resumed run ends as if never stopped. Outside a real
     job the requeue fails, so the job ends non-zero with the checkpoint written."""
     overrides = [*SMALL, "launcher=mp_spawn", "gpus=4", "trainer.stop_check_steps=4",
                  "save.every_epochs=0"]
     slurm_job = {"SLURM_JOB_ID": "424242"}
-    reference = launcher.run(*overrides, run_dir=tmp_path / "reference", env=slurm_job)
-    assert_ok(reference)
     run_dir, marker = tmp_path / "stopped", tmp_path / "signal_marker"
     # Forward 10 is step 9: each process's first forward is DDP's bucket-settling pass.
     signal_once = ["+model.fault_step=10", "+model.rank=2", "+model.action=usr1", f"+model.marker={marker}"]
@@ -102,7 +120,7 @@ def test_time_limit_signal_stops_every_rank_at_one_step_and_resumes_exactly(laun
     assert progress["global_step"] == 12 and progress["step_in_epoch"] == 5, progress
     resumed = launcher.run(*overrides, *signal_once, "resume=auto", run_dir=run_dir, env=slurm_job)
     assert_ok(resumed)
-    assert resumed.summary()["weights_sha256"] == reference.summary()["weights_sha256"]
+    assert resumed.summary()["weights_sha256"] == uninterrupted(4)["weights_sha256"]
 
 
 def test_time_limit_signal_after_max_requeues_stops_without_requeueing(launcher, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, assert_ok, wait_for_no_leftovers
+from tests.conftest import TINY, Launcher, assert_ok, wait_for_no_leftovers
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -21,6 +21,19 @@ FAULTY = "model._target_=tests.plugins.FaultyMLP"
 PICKLE_FREE = "data.dataset._target_=tests.plugins.PickleFreeSynthetic"
 NOISY = "data.dataset._target_=tests.plugins.NoisySynthetic"
 TORN = '{"epoch": 1, "global_step": 1'
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The TINY job with FaultyMLP, never stopped, run once for the module: its weights and
+    records do not depend on the checkpoint cadence, nor on the data set refusing pickles (the
+    same samples), so the exact-resume tests of those compare with this one run."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    runner = Launcher(directory)
+    launch = runner.run(*TINY, FAULTY, run_dir=directory / "run")
+    runner.kill_leftovers()
+    assert_ok(launch)
+    return launch
 
 
 def kill_at(launcher, run_dir, marker, fault_step, *overrides):
@@ -45,12 +58,11 @@ def scalars(run_dir, tag):
 
 # --- A: no pickles between ranks ------------------------------------------------------------------
 
-def test_resume_exact_with_no_pickling_collective_and_the_checkpoint_sent_as_tensors(launcher, tmp_path):
+def test_resume_exact_with_no_pickling_collective_and_the_checkpoint_sent_as_tensors(launcher, tmp_path,
+                                                                                   uninterrupted):
     """Every collective that pickles raises in the ranks; rank 1 does not see the checkpoint file,
     so rank 0 sends it as tensors. The resumed run still ends with the uninterrupted weights."""
     overrides = [PICKLE_FREE, "+data.dataset.hide_checkpoint=true", "save.every_steps=3"]
-    reference = launcher.run(*TINY, FAULTY, *overrides, run_dir=tmp_path / "reference")
-    assert_ok(reference)
     run_dir = tmp_path / "run"
     state = kill_at(launcher, run_dir, tmp_path / "marker", 6, *overrides)  # checkpoint: step 3
     assert state["progress"]["step_in_epoch"] == 3
@@ -61,7 +73,7 @@ def test_resume_exact_with_no_pickling_collective_and_the_checkpoint_sent_as_ten
     resumed = launcher.run(*TINY, FAULTY, *overrides, "resume=auto", run_dir=run_dir)
     assert_ok(resumed)
     assert "rank 0 sends the checkpoint as tensors" in resumed.stderr
-    assert resumed.summary()["weights_sha256"] == reference.summary()["weights_sha256"]
+    assert resumed.summary()["weights_sha256"] == uninterrupted.summary()["weights_sha256"]
 
 
 # --- B: metrics.jsonl and TensorBoard after a resume ----------------------------------------------
@@ -93,10 +105,9 @@ def test_resume_keeps_the_last_epochs_points_and_skips_a_torn_metrics_line(launc
 
 
 def test_a_rerun_that_fails_at_start_leaves_metrics_alone_and_a_resume_drops_records_past_the_checkpoint(
-        launcher, tmp_path):
+        launcher, tmp_path, uninterrupted):
     checkpointing = ["save.every_steps=3", "save.every_epochs=0"]
-    reference = launcher.run(*TINY, FAULTY, *checkpointing, run_dir=tmp_path / "reference")
-    assert_ok(reference)
+    reference = uninterrupted
     run_dir = tmp_path / "run"
     # Killed in step 8: the checkpoint is at step 6 (epoch 0), epoch 0's record is logged (step 7).
     state = kill_at(launcher, run_dir, tmp_path / "marker", 9, *checkpointing)
@@ -116,13 +127,12 @@ def test_a_rerun_that_fails_at_start_leaves_metrics_alone_and_a_resume_drops_rec
     assert [step for step, _ in scalars(run_dir, "epoch/val_loss")] == [7, 14]
 
 
-def test_metrics_and_checkpoint_agree_after_a_crash_between_them(launcher, tmp_path):
+def test_metrics_and_checkpoint_agree_after_a_crash_between_them(launcher, tmp_path, uninterrupted):
     """From step 6 on, metrics.jsonl cannot be written (a directory in its place): the run dies at
     the end of epoch 0, where it writes the epoch's record and its checkpoint. Whichever comes
     first, the resumed run logs every epoch exactly once."""
     checkpointing = ["save.every_steps=3"]
-    reference = launcher.run(*TINY, FAULTY, *checkpointing, run_dir=tmp_path / "reference")
-    assert_ok(reference)
+    reference = uninterrupted
     run_dir = tmp_path / "run"
     blocking = ["model._target_=tests.plugins.MetricsBlockingMLP", "+model.fault_step=7",
                 f"+model.marker={run_dir / 'metrics.jsonl'}"]

@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 
 from launcher.config import check_run_dir, checkpoint_problem, outputs_to_replace, pickled_dict_keys
 from launcher.errors import ConfigError
-from tests.conftest import assert_ok
+from tests.conftest import Launcher, assert_ok
 
 TINY_RUN = ["trainer.epochs=1", "data.dataset.num_samples=256"]
 TRAINER_KEYS = {"model": {}, "optimizer": {}, "scheduler": None, "scaler": {}, "progress": {"epoch": 1},
@@ -43,14 +44,30 @@ def assert_one_line_error(launch, *texts: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def previous_run(launcher, tmp_path) -> Path:
-    """A finished run (2 epochs) in its own directory, as a user would find it later."""
-    run_dir = tmp_path / "earlier"
-    assert_ok(launcher.run("trainer.epochs=2", "data.dataset.num_samples=256", run_dir=run_dir))
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished run (2 epochs), made once for the module; beside it, ``pristine``, a copy of it
+    as it ended."""
+    directory = tmp_path_factory.mktemp("previous_run")
+    runner = Launcher(directory)
+    run_dir = directory / "earlier"
+    try:
+        assert_ok(runner.run("trainer.epochs=2", "data.dataset.num_samples=256", run_dir=run_dir))
+    finally:
+        runner.kill_leftovers()
     for name in ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints/last.pt", ".hydra/config.yaml"):
         assert (run_dir / name).exists(), name
+    shutil.copytree(run_dir, directory / "pristine", symlinks=True)
     return run_dir
+
+
+@pytest.fixture
+def previous_run(finished_run) -> Path:
+    """A finished run in its own directory, as a user would find it later: the module's run, put
+    back as it ended (same path, files and times) for each test."""
+    shutil.rmtree(finished_run)
+    shutil.copytree(finished_run.parent / "pristine", finished_run, symlinks=True)
+    return finished_run
 
 
 # --- 1. a rerun into a run directory that holds a run ----------------------------------------------
