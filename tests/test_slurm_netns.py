@@ -142,6 +142,18 @@ def test_template_trains_across_the_two_hosts_to_the_local_weights(netns_slurm, 
     assert summary["weights_sha256"] == reference_sha256
 
 
+def test_launcher_slurm_trains_across_the_two_hosts_to_the_local_weights(netns_slurm, reference_sha256):
+    """launcher=slurm (submitit): 2 nodes x 2 ranks, waited for through squeue/scontrol."""
+    done = netns_slurm.launcher("nodes=2", "gpus=2", "slurm.wait=true", "slurm.time=10", *TINY)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(netns_slurm.jobs) == 1, done.stdout
+    (summary_file,) = (netns_slurm.workdir / "outputs").rglob("summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["world_size"] == 4 and summary["nodes"] == 2 and summary["gpus_per_node"] == [2, 2]
+    assert rank_hosts(summary_file.parent) == {0: NODES[0], 1: NODES[0], 2: NODES[1], 3: NODES[1]}
+    assert summary["weights_sha256"] == reference_sha256
+
+
 def test_every_task_plans_its_own_address_and_the_master_on_node_0(netns_slurm):
     """The dry run of the one-task-per-rank template, in the allocation: each task expands the host
     list, takes rack1-node01 as the master and advertises its own node's address and interface."""
