@@ -439,6 +439,8 @@ def status(run_dir: Path) -> Status:
     elif job_id is not None:
         slurm = job_state(job_id)
         state, detail = _slurm_run_state(slurm)
+        if state == "pending" and rank0:  # it ran before: Slurm requeued it, it waits to run again
+            state, detail = "requeued", f"{detail} after {len(rank0)} attempt(s)"
     else:
         alive, elsewhere = live_ranks(run_dir)
         if alive:

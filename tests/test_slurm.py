@@ -237,10 +237,15 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
              "the first epoch of the Slurm job")
     subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
     signalled_at = time.monotonic()
+    # Requeued, the job waits about 11 s (cred_expire + 1) before it runs again: status says so.
+    wait_for(lambda: tool_status(slurm, run_dir)["state"] == "requeued", 60,
+             "launcher.status to report the requeued job")
     state = slurm.wait(job, timeout_s=JOB_TIMEOUT_S + 60)
     out = slurm.output(job)
     assert state == "COMPLETED", f"{state}\n{out[-4000:]}"
     assert "requeued job" in out and "stopping after step checkpoint: SIGUSR1 received" in out, out[-4000:]
+    finished = tool_status(slurm, run_dir)
+    assert finished["state"] == "finished" and finished["attempts"] == 2, finished
     (summary,) = summaries(run_dir)
     assert summary["restarts"] == 1, summary
     assert summary["weights_sha256"] == local_reference(launcher, tmp_path, *small)
