@@ -34,10 +34,12 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -130,11 +132,21 @@ def variants(settings: Settings) -> list[Variant]:
 
 
 def timed(variant: Variant, job: Job, run_dir: Path, epochs: int, rep: int,
-          settings: Settings) -> Run:
-    """One run; then wait for whatever of it outlived its command (a self-launching framework's
-    first process may exit before its other ranks), stopping it after ``ORPHAN_WAIT_S``, so
-    nothing of one run overlaps the next. The wall time stays the command's own."""
-    run = run_variant(variant, job, run_dir, epochs, rep, settings.timeout_s)
+          settings: Settings, failures: Counter[str]) -> Run:
+    """One run, tried again once if it fails (counted in ``failures`` and reported: a tool whose
+    runs sometimes crash is a finding, not a reason to throw the other runs away); then wait for
+    whatever of it outlived its command (a self-launching framework's first process may exit
+    before its other ranks), stopping it after ``ORPHAN_WAIT_S``, so nothing of one run overlaps
+    the next. The wall time stays the command's own."""
+    try:
+        run = run_variant(variant, job, run_dir, epochs, rep, settings.timeout_s)
+    except BenchError as error:
+        failures[variant.name] += 1
+        print(f"note: a run of {variant.name} failed, trying it again: {str(error).splitlines()[0]}",
+              flush=True)
+        kill_descendants(KILL_GRACE_S)
+        shutil.rmtree(run_dir)
+        run = run_variant(variant, job, run_dir, epochs, rep, settings.timeout_s)
     ended = time.perf_counter()
     if not (outlived := job_processes()):
         return run
@@ -151,7 +163,7 @@ def timed(variant: Variant, job: Job, run_dir: Path, epochs: int, rep: int,
 def warm_up(variant: Variant, job: Job, settings: Settings) -> None:
     """One untimed epoch: file caches, the first imports' byte-code, the trainer's data set."""
     print(f"warm-up: {variant.name}", flush=True)
-    timed(variant, job, job.workdir / "warmup" / variant.name.replace(" ", "-"), 1, -1, settings)
+    timed(variant, job, job.workdir / "warmup" / variant.name.replace(" ", "-"), 1, -1, settings, Counter())
 
 
 def extend_stats(stats: dict[str, dict[str, float]], runs: list[Run]) -> dict[str, str]:
@@ -206,6 +218,10 @@ def markdown(meta: dict[str, object], stats: dict[str, dict[str, float]],
         "throughput": max(stats, key=lambda name: stats[name]["samples_per_s"]),
     }
     lines += ["", "Best median: " + "; ".join(f"{axis}: {name}" for axis, name in best.items()) + "."]
+    failed = meta["failed_runs"]
+    assert isinstance(failed, dict)
+    lines += ["", "Runs that failed and were run again: "
+              + (", ".join(f"{name} {count}" for name, count in failed.items()) or "none") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -225,6 +241,7 @@ def bench(settings: Settings) -> tuple[dict[str, object], str]:
               "timings will be noisy", file=sys.stderr)
     all_variants = variants(settings)
     runs: list[Run] = []
+    failures: Counter[str] = Counter()
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         workdir = Path(tmp)
         job = Job(workdir=workdir, data_root=workdir / "data", npz=None)
@@ -239,7 +256,7 @@ def bench(settings: Settings) -> tuple[dict[str, object], str]:
             shift = rep % len(all_variants)
             for variant in all_variants[shift:] + all_variants[:shift]:
                 run_dir = workdir / f"rep{rep}" / variant.name.replace(" ", "-")
-                run = timed(variant, job, run_dir, settings.epochs, rep, settings)
+                run = timed(variant, job, run_dir, settings.epochs, rep, settings, failures)
                 runs.append(run)
                 print(f"rep {rep + 1}/{settings.reps} {variant.name:<29} wall {run.wall_s:6.2f} s  "
                       f"first step {run.first_step_s:5.2f} s  {run.samples_per_s:7.0f} samples/s",
@@ -261,6 +278,7 @@ def bench(settings: Settings) -> tuple[dict[str, object], str]:
         "reps": settings.reps,
         "num_samples": settings.num_samples,
         "timeout_s": settings.timeout_s,
+        "failed_runs": dict(failures),  # runs that failed and were run again
     }
     results = {"meta": meta, "stats": stats, "weights": weights, "runs": [asdict(run) for run in runs]}
     return results, markdown(meta, stats, weights)
