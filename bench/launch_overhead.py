@@ -230,6 +230,11 @@ def summarize(runs: list[Run], names: list[str]) -> dict[str, dict[str, float]]:
     return stats
 
 
+def spread(row: dict[str, float], key: str, digits: int) -> str:
+    """A table cell: ``key``'s median with its range, ``M [MIN-MAX]``."""
+    return f"{row[key]:.{digits}f} [{row[key + '_min']:.{digits}f}-{row[key + '_max']:.{digits}f}]"
+
+
 def _goal(ok: bool) -> str:
     return "yes" if ok else "**NO**"
 
@@ -253,10 +258,10 @@ def markdown(meta: dict[str, object], stats: dict[str, dict[str, float]],
         base = name == BASELINE
         lines.append(
             f"| {name} "
-            f"| {row['first_step_s']:.2f} [{row['first_step_s_min']:.2f}-{row['first_step_s_max']:.2f}] "
+            f"| {spread(row, 'first_step_s', 2)} "
             f"| {row['first_step_ratio']:.2f}"
             f"{'' if base else ' ' + _goal(row['first_step_ratio'] <= FIRST_STEP_GOAL)} "
-            f"| {row['samples_per_s']:.0f} [{row['samples_per_s_min']:.0f}-{row['samples_per_s_max']:.0f}] "
+            f"| {spread(row, 'samples_per_s', 0)} "
             f"| {row['throughput_ratio']:.3f}"
             f"{'' if base else ' ' + _goal(row['throughput_ratio'] >= THROUGHPUT_GOAL)} "
             f"| {row['wall_s']:.2f} |"

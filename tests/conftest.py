@@ -147,6 +147,16 @@ class Launcher:
                     os.kill(pid, signal.SIGKILL)
 
 
+def run_for_module(directory: Path, *overrides: str, run_dir: Path) -> Launch:
+    """One job for a module-scoped fixture (a run several tests share), in ``directory``: no
+    test's ``launcher`` fixture cleans up after it, so this does."""
+    runner = Launcher(directory)
+    try:
+        return runner.run(*overrides, run_dir=run_dir)
+    finally:
+        runner.kill_leftovers()
+
+
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[Launcher]:
     runner = Launcher(tmp_path)

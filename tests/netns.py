@@ -154,10 +154,11 @@ class VirtualCluster:
         self.created.clear()
 
 
-def _creator_alive(name: str) -> bool:
-    """Whether the test process that created namespace ``name`` still runs (parallel test
-    workers each sweep; none may delete the namespaces another one is using)."""
-    creator = name[len(PREFIX):].split("-", 1)[0]
+def creator_alive(name: str, prefix: str = PREFIX) -> bool:
+    """Whether the test process that created ``name`` (``prefix``, its pid, ``-``, ...: a namespace,
+    a cluster's directory) still runs: parallel test workers each sweep, and none may delete what
+    another one is using."""
+    creator = name[len(prefix):].split("-", 1)[0]
     if not creator.isdigit():
         return False
     try:
@@ -174,7 +175,7 @@ def sweep_stale_namespaces() -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
     for line in listing.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(PREFIX) and not _creator_alive(name):
+        if name.startswith(PREFIX) and not creator_alive(name):
             with contextlib.suppress(RuntimeError):
                 _ip("netns", "del", name)
             shutil.rmtree(NETNS_ETC / name, ignore_errors=True)

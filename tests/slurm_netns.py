@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.netns import HOST_ADDRESS, VirtualCluster, netns_unavailable_reason
+from tests.netns import HOST_ADDRESS, VirtualCluster, creator_alive, netns_unavailable_reason
 
 NODES = ("rack1-node01", "rack1-node02")
 NODELIST = "rack1-node[01-02]"  # SLURM_JOB_NODELIST of a job on both nodes
@@ -145,25 +145,12 @@ def pids_in_namespaces(inodes: set[int]) -> list[int]:
     return found
 
 
-def _creator_alive(directory: Path) -> bool:
-    creator = directory.name[len(DIR_PREFIX):].split("-", 1)[0]
-    if not creator.isdigit():
-        return False
-    try:
-        os.kill(int(creator), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale() -> None:
     """End what the cluster of a killed test session left running, and remove its directory: the
     daemons it recorded (if still those programs) and every process in its nodes' namespaces,
     even where the namespaces' names were already removed (``sweep_stale_namespaces``)."""
     for directory in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
-        if not directory.is_dir() or _creator_alive(directory):
+        if not directory.is_dir() or creator_alive(directory.name, DIR_PREFIX):
             continue
         daemons, inodes = [], set()
         with contextlib.suppress(OSError, ValueError):

@@ -18,7 +18,7 @@ from launcher.network import free_port
 from launcher.probe import RankReport, verdict
 from tests.conftest import START_SLACK_S, Launcher, run_nodes, wait_for_no_leftovers
 from tests.test_multinode_netns import MASTER, PORT, cluster, in_namespace, netns_permitted  # noqa: F401 (fixtures)
-from tests.test_slurm import CPU_ONLY, JOB_TIMEOUT_S, jobs_named, slurm, slurm_cluster  # noqa: F401 (fixtures)
+from tests.test_slurm import JOB_TIMEOUT_S, jobs_named, slurm, slurm_cluster  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -131,11 +131,7 @@ def test_srun_in_a_slurm_allocation(slurm):  # noqa: F811
 
 
 def test_launcher_slurm_submits_waits_and_shows_rank_0s_table(slurm):  # noqa: F811
-    done = subprocess.run([*CHECK, "launcher=slurm", CPU_ONLY, "nodes=2", "gpus=1", "slurm.time=5"],
-                          cwd=slurm.workdir, env=slurm.env(), capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT_S)
-    slurm.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()
-                   if line.startswith("submitted Slurm job")]
+    done = slurm.launcher("nodes=2", "gpus=1", "slurm.time=5", share_nodes=False, module="launcher.check")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert len(slurm.jobs) == 1 and slurm.state(slurm.jobs[0]) == "COMPLETED"
     lines = done.stdout.splitlines()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import Launcher, assert_ok, wait_for_no_leftovers
+from tests.conftest import assert_ok, run_for_module, wait_for_no_leftovers
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -18,18 +18,17 @@ def uninterrupted(tmp_path_factory):
     cadence or Slurm's stop check, so every kill-and-resume test of a world size compares with
     the same run (and the torchrun case also with an mp_spawn run)."""
     directory = tmp_path_factory.mktemp("uninterrupted")
-    runner = Launcher(directory)
     summaries: dict[int, dict] = {}
 
     def summary(ranks: int) -> dict:
         if ranks not in summaries:
-            launch = runner.run(*SMALL, "launcher=mp_spawn", f"gpus={ranks}", run_dir=directory / f"ranks{ranks}")
+            launch = run_for_module(directory, *SMALL, "launcher=mp_spawn", f"gpus={ranks}",
+                                    run_dir=directory / f"ranks{ranks}")
             assert_ok(launch)
             summaries[ranks] = launch.summary()
         return summaries[ranks]
 
-    yield summary
-    runner.kill_leftovers()
+    return summary
 
 
 def killed_then_resumed(launcher, tmp_path, overrides, fault_step):

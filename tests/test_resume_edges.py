@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TINY, Launcher, assert_ok, wait_for_no_leftovers
+from tests.conftest import TINY, assert_ok, run_for_module, wait_for_no_leftovers
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -29,9 +29,7 @@ def uninterrupted(tmp_path_factory):
     records do not depend on the checkpoint cadence, nor on the data set refusing pickles (the
     same samples), so the exact-resume tests of those compare with this one run."""
     directory = tmp_path_factory.mktemp("uninterrupted")
-    runner = Launcher(directory)
-    launch = runner.run(*TINY, FAULTY, run_dir=directory / "run")
-    runner.kill_leftovers()
+    launch = run_for_module(directory, *TINY, FAULTY, run_dir=directory / "run")
     assert_ok(launch)
     return launch
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from launcher.config import check_run_dir, checkpoint_problem, outputs_to_replace, pickled_dict_keys
 from launcher.errors import ConfigError
-from tests.conftest import Launcher, assert_ok
+from tests.conftest import assert_ok, run_for_module
 
 TINY_RUN = ["trainer.epochs=1", "data.dataset.num_samples=256"]
 TRAINER_KEYS = {"model": {}, "optimizer": {}, "scheduler": None, "scaler": {}, "progress": {"epoch": 1},
@@ -49,12 +49,8 @@ def finished_run(tmp_path_factory) -> Path:
     """A finished run (2 epochs), made once for the module; beside it, ``pristine``, a copy of it
     as it ended."""
     directory = tmp_path_factory.mktemp("previous_run")
-    runner = Launcher(directory)
     run_dir = directory / "earlier"
-    try:
-        assert_ok(runner.run("trainer.epochs=2", "data.dataset.num_samples=256", run_dir=run_dir))
-    finally:
-        runner.kill_leftovers()
+    assert_ok(run_for_module(directory, "trainer.epochs=2", "data.dataset.num_samples=256", run_dir=run_dir))
     for name in ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints/last.pt", ".hydra/config.yaml"):
         assert (run_dir / name).exists(), name
     shutil.copytree(run_dir, directory / "pristine", symlinks=True)

@@ -71,10 +71,12 @@ class SlurmRunner:
         return job_id
 
     def launcher(self, *overrides: str, timeout_s: float = JOB_TIMEOUT_S,
-                 share_nodes: bool = True) -> subprocess.CompletedProcess:
+                 share_nodes: bool = True, module: str = "launcher") -> subprocess.CompletedProcess:
+        """``python -m MODULE launcher=slurm ...`` (the launcher, or launcher.check); the jobs it
+        submits are noted for clean-up."""
         # The test cluster has no GPUs: an integer gpus=N would ask Slurm for N GPUs per node.
         shared = [SHARE_NODES] if share_nodes else []
-        done = subprocess.run([sys.executable, "-m", "launcher", "launcher=slurm", CPU_ONLY, *shared, *overrides],
+        done = subprocess.run([sys.executable, "-m", module, "launcher=slurm", CPU_ONLY, *shared, *overrides],
                               cwd=self.workdir, capture_output=True, text=True, env=self.env(),
                               timeout=timeout_s)
         self.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()

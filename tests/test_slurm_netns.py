@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -192,11 +191,8 @@ def assert_both_nodes_seen(rows: list[list[str]], report: dict) -> None:
 def test_check_through_launcher_slurm_names_both_hosts_and_says_ok(netns_slurm):
     """launcher=slurm submits through submitit and, with no sacct on this cluster, follows the job
     through squeue/scontrol; it then prints the table rank 0 wrote."""
-    done = subprocess.run([*CHECK, "launcher=slurm", CPU_ONLY, "nodes=2", "gpus=1", "slurm.time=5"],
-                          cwd=netns_slurm.workdir, env=netns_slurm.env(), capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT_S)
-    netns_slurm.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()
-                         if line.startswith("submitted Slurm job")]
+    done = netns_slurm.launcher("nodes=2", "gpus=1", "slurm.time=5", share_nodes=False,
+                                module="launcher.check")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "verdict: OK", done.stdout
     (report,) = (netns_slurm.workdir / "outputs").rglob("check.json")

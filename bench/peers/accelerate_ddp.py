@@ -15,19 +15,17 @@ curve. Evaluation is the baseline's, on the baseline's sharding of the validatio
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from workload import (
-    StepClock,
     arguments,
     cosine,
     datasets,
-    evaluate,
     model_for,
     set_threads,
     sgd,
+    train_loop,
     write_summary,
 )
 
@@ -46,19 +44,8 @@ def main() -> None:
                             sampler=range(accelerator.process_index, len(val_set),
                                           accelerator.num_processes))
 
-    clock = StepClock()
-    val_loss, val_acc = float("nan"), float("nan")
-    for _ in range(args.epochs):
-        clock.start_epoch()
-        for inputs, targets in train_loader:
-            loss = F.cross_entropy(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            clock.step_done(targets.numel())
-        clock.end_epoch()
-        val_loss, val_acc = evaluate(model, val_loader)
+    clock, val_loss, val_acc = train_loop(model, optimizer, scheduler, train_loader, val_loader,
+                                          accelerator.backward, args.epochs)
     write_summary(clock, net, args.epochs, val_loss, val_acc, args.summary)
 
 

@@ -11,18 +11,16 @@ the baseline's, after every epoch, on the Fabric-sharded validation loader.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader
 from workload import (
-    StepClock,
     arguments,
     cosine,
     datasets,
-    evaluate,
     model_for,
     set_threads,
     sgd,
+    train_loop,
     write_summary,
 )
 
@@ -43,19 +41,8 @@ def main() -> None:
         DataLoader(val_set, batch_size=args.batch_size))
     scheduler = cosine(optimizer, args.epochs * len(train_loader))
 
-    clock = StepClock()
-    val_loss, val_acc = float("nan"), float("nan")
-    for _ in range(args.epochs):
-        clock.start_epoch()
-        for inputs, targets in train_loader:
-            loss = F.cross_entropy(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            clock.step_done(targets.numel())
-        clock.end_epoch()
-        val_loss, val_acc = evaluate(model, val_loader)
+    clock, val_loss, val_acc = train_loop(model, optimizer, scheduler, train_loader, val_loader,
+                                          fabric.backward, args.epochs)
     write_summary(clock, net, args.epochs, val_loss, val_acc, args.summary)
 
 

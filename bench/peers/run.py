@@ -68,6 +68,7 @@ from launch_overhead import (
     handwritten_command,
     launcher_command,
     run_variant,
+    spread,
     summarize,
 )
 
@@ -205,11 +206,11 @@ def markdown(meta: dict[str, object], stats: dict[str, dict[str, float]],
     for name, row in stats.items():
         lines.append(
             f"| {name} "
-            f"| {row['wall_s']:.2f} [{row['wall_s_min']:.2f}-{row['wall_s_max']:.2f}] "
+            f"| {spread(row, 'wall_s', 2)} "
             f"| {row['wall_ratio']:.2f} "
-            f"| {row['first_step_s']:.2f} [{row['first_step_s_min']:.2f}-{row['first_step_s_max']:.2f}] "
+            f"| {spread(row, 'first_step_s', 2)} "
             f"| {row['first_step_ratio']:.2f} "
-            f"| {row['samples_per_s']:.0f} [{row['samples_per_s_min']:.0f}-{row['samples_per_s_max']:.0f}] "
+            f"| {spread(row, 'samples_per_s', 0)} "
             f"| {row['throughput_ratio']:.3f} | {weights[name]} | {row['val_acc']:.4f} |"
         )
     best = {

@@ -17,19 +17,18 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, where the baseline lives
-# ``evaluate`` is re-exported: the peers that run their own loop evaluate exactly as the baseline.
-from handwritten_ddp import all_reduce, mlp, weights_sha256
-from handwritten_ddp import evaluate as evaluate
+from handwritten_ddp import all_reduce, evaluate, mlp, weights_sha256
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
@@ -100,6 +99,27 @@ class StepClock:
 
     def end_epoch(self) -> None:
         self.train_time_s += self._last_step - self._epoch_start
+
+
+def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+               train_loader: DataLoader, val_loader: DataLoader, backward: Callable[[torch.Tensor], None],
+               epochs: int) -> tuple[StepClock, float, float]:
+    """The baseline's loop, for the peers that leave the loop to the user (Fabric, accelerate):
+    each passes its own ``backward``. Returns the clock and the last epoch's (val_loss, val_acc)."""
+    clock = StepClock()
+    val_loss, val_acc = float("nan"), float("nan")
+    for _ in range(epochs):
+        clock.start_epoch()
+        for inputs, targets in train_loader:
+            loss = F.cross_entropy(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            backward(loss)
+            optimizer.step()
+            scheduler.step()
+            clock.step_done(targets.numel())
+        clock.end_epoch()
+        val_loss, val_acc = evaluate(model, val_loader)
+    return clock, val_loss, val_acc
 
 
 def write_summary(clock: StepClock, model: nn.Module, epochs: int, val_loss: float, val_acc: float,
