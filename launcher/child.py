@@ -20,6 +20,7 @@ import importlib
 import inspect
 import json
 import logging
+import multiprocessing
 import os
 import runpy
 import signal
@@ -30,8 +31,8 @@ import traceback
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from types import FrameType, ModuleType
+from typing import Any, NoReturn
 
 from launcher.failures import CLEAN_EXIT_PREFIX, RankFailure
 from launcher.local_store import rank_store_path, use_file_store_for_env_rendezvous
@@ -248,6 +249,11 @@ def run_target(kind: str, name: str, args: list[str], parent: int | None = None,
         default_timeouts(2 if file_only is None else file_only)
         if (kind, name) != ("module", "trainer"):
             forget_our_trainer()
+        # A fresh interpreter's default, however this rank started: a forked or spawned rank
+        # inherits its starter's (forkserver, spawn), and a script's DataLoader workers would then
+        # re-import everything, or come from a fork server of the rank's own that outlives a rank
+        # killed with SIGKILL.
+        multiprocessing.set_start_method(None, force=True)
         sys.argv = [name, *args]
         if kind == "module":
             runpy.run_module(name, run_name="__main__", alter_sys=True)
@@ -365,20 +371,75 @@ def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,
     run_target(kind, name, args, parent=server_pid)
 
 
+# torchrun's agent learns that a forked rank finished from the value its function returned, which
+# torch's per-rank wrapper (``_wrap``) puts in the rank's queue, held in this local of the wrapper.
+_AGENT_QUEUE_LOCAL = "ret_val_"
+
+
+def _agent_wrapper_code() -> Any:
+    from torch.distributed.elastic.multiprocessing import api
+
+    return api._wrap.__code__
+
+
+def agent_can_see_os_exit() -> bool:
+    """Whether a forked rank can tell the agent it finished before ``os._exit(0)``
+    (`report_finished_on_os_exit`): true for the torch versions whose wrapper keeps the queue in
+    the local read there. Where not, scripts under the agent start in a fresh interpreter."""
+    return _AGENT_QUEUE_LOCAL in _agent_wrapper_code().co_varnames
+
+
+def report_finished_on_os_exit() -> bool:
+    """Make ``os._exit(0)`` in this rank tell torchrun's agent that the rank finished.
+
+    Scripts end with ``os._exit(0)`` to skip a slow teardown. A rank that is a fresh interpreter
+    is then an exit code 0; a forked one counts as finished only once its return value is in its
+    queue, and the agent would wait for it forever. Only this process reports (the DataLoader
+    workers and output tee it forks inherit the hook), and it flushes its output first, as ``-u``
+    made a fresh interpreter's rank do. Returns whether the hook is in place.
+    """
+    wrapper = _agent_wrapper_code()
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code is not wrapper:
+        frame = frame.f_back
+    if frame is None:
+        return False
+    queue, rank_pid, real_exit = frame.f_locals[_AGENT_QUEUE_LOCAL], os.getpid(), os._exit
+
+    def exit_reported(status: int) -> NoReturn:
+        if os.getpid() == rank_pid:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            if status == 0:
+                queue.put(None)
+        real_exit(status)
+
+    os._exit = exit_reported
+    return True
+
+
 def run_agent_rank(kind: str, name: str, args: list[str], server_pid: int) -> None:
     """torchrun's agent's entry for a rank forked by the fork server (its environment is set).
 
     The agent counts a function rank as finished when it returns: ``sys.exit(0)`` at the end of a
-    script is such a return here; any other exit code stays the process's exit code.
+    script is such a return here, and so is ``os._exit(0)`` (`report_finished_on_os_exit`); any
+    other exit code stays the process's exit code. A finished rank then leaves at once, as an
+    interpreter would: waiting for its peers with its connections open, it would hide from them
+    that it finished early (they would time out instead of being told that it went away).
     """
     detach_from_fork_server()
     os.setsid()
     export_node_rank()
+    reports_exit = report_finished_on_os_exit()
     try:
         run_target(kind, name, args, parent=server_pid)
     except SystemExit as stop:
         if stop.code not in (None, 0):
             raise
+    if reports_exit:
+        atexit._run_exitfuncs()
+        os._exit(0)
 
 
 def export_node_rank() -> None:

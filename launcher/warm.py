@@ -40,14 +40,11 @@ _PRELOAD_FOR_TRAINER = ("trainer.train",)
 def starts_warm(job: JobConfig) -> bool:
     """Whether this job's ranks are forked from the fork server.
 
-    Under torchrun's agent only our own targets are: the agent counts a forked rank as finished
-    when its function returns, and waits forever for one that leaves with ``os._exit(0)``, which
-    scripts do to skip a slow teardown. A script under ``launcher=torchrun`` starts in a fresh
-    interpreter; ``launcher=mp_spawn`` starts scripts warm too.
+    Not an executable (``no_python``) under torchrun's agent: it replaces the forked rank, whose
+    exit the agent would not count as finished. A script under the agent is forked only where the
+    agent can learn that it ended with ``os._exit(0)`` (``child.agent_can_see_os_exit``).
     """
-    if job.mode.start_method != WARM:
-        return False
-    return job.mode.name == "mp_spawn" or job.target.kind == "function" or job.target.is_trainer
+    return job.mode.start_method == WARM and (job.mode.name != "torchrun" or job.target.kind != "exec")
 
 
 def preload_modules(job: JobConfig) -> list[str]:

@@ -89,9 +89,10 @@ def test_signal_stops_every_rank_and_dataloader_worker(launcher, tmp_path, mode,
         proc.communicate()
 
 
-def test_launcher_killed_with_sigkill_takes_its_ranks_along(launcher, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_launcher_killed_with_sigkill_takes_its_ranks_along(launcher, tmp_path, mode):
     out = tmp_path / "out"
-    proc, job_id = launcher.start(f"script={DDP_SCRIPT}", f"script_args=[{out},--hang,--workers,2]")
+    proc, job_id = launcher.start(f"launcher={mode}", f"script={DDP_SCRIPT}", f"script_args=[{out},--hang,--workers,2]")
     try:
         wait_for(lambda: all((out / f"hanging_{rank}").exists() for rank in (0, 1)), 60,
                  "both ranks to start their DataLoader workers")

@@ -5,6 +5,8 @@ argv and globals; ``spawn`` gives each rank a fresh interpreter; nothing outlive
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,14 @@ PROBE = REPO / "tests" / "scripts" / "warm_probe.py"
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("mode", ["torchrun", "mp_spawn"])
 @pytest.mark.parametrize(("start_method", "warm"), [("forkserver", True), ("spawn", False)])
-def test_script_under_mp_spawn_starts_warm_or_fresh(launcher, tmp_path, start_method, warm):
+def test_script_starts_warm_or_fresh(launcher, tmp_path, mode, start_method, warm):
     out = tmp_path / "out"
     out.mkdir()
-    launch = launcher.run("launcher=mp_spawn", f"launcher.start_method={start_method}",
+    fresh_start_method = subprocess.run([sys.executable, "-c", "import multiprocessing as m; print(m.get_start_method())"],
+                                        capture_output=True, text=True, check=True).stdout.strip()
+    launch = launcher.run(f"launcher={mode}", f"launcher.start_method={start_method}",
                           "--nproc-per-node=2", str(PROBE), "--flag", "x y",
                           env={"USER_SCRIPT_OUT": str(out)})
     assert_ok(launch)
@@ -35,6 +40,26 @@ def test_script_under_mp_spawn_starts_warm_or_fresh(launcher, tmp_path, start_me
         assert record["fresh_globals"] == ["sys"]  # its own names, nothing of the warm process
         assert Path(record["cwd"]) == Path(launcher.workdir)
         assert record["own_session"]
+        assert record["start_method"] == fresh_start_method  # its DataLoader workers start as usual
+    wait_for_no_leftovers(launcher.job_ids[-1])
+
+
+@pytest.mark.parametrize("mode", ["torchrun", "mp_spawn"])
+def test_a_warm_script_may_end_with_os_exit(launcher, tmp_path, mode):
+    """Forked, a rank that leaves with ``os._exit(0)`` returns nothing to torchrun's agent, which
+    waited for it forever; its forked children leaving that way must not count as it finishing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"USER_SCRIPT_OUT": str(out), "USER_SCRIPT_END": "os_exit"}
+    launch = launcher.run(f"launcher={mode}", "--nproc-per-node=2", str(PROBE), env=env, timeout_s=60)
+    assert_ok(launch)
+    assert json.loads((out / "rank_1.json").read_text())["forked_by_server"]
+    for rank in range(2):  # flushed before the exit, as python -u would have
+        assert f"rank {rank} last words, unflushed" in (launch.run_dir / "logs" / f"rank_{rank}.log").read_text()
+    failing = launcher.run(f"launcher={mode}", "--nproc-per-node=2", str(PROBE), run_dir=tmp_path / "failing",
+                           env={**env, "PROBE_RANK_1_CODE": "3"}, timeout_s=60)
+    assert failing.returncode == 1, failing.stderr[-3000:]
+    assert "rank 1 on host" in failing.stderr and "exited with code 3" in failing.stderr, failing.stderr[-3000:]
     wait_for_no_leftovers(launcher.job_ids[-1])
 
 

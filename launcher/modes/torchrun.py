@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from launcher import warm
-from launcher.child import run_agent_rank
+from launcher.child import agent_can_see_os_exit, run_agent_rank
 from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import JOINED
@@ -42,7 +42,8 @@ def worker_args(job: JobConfig) -> list[str]:
 def _entrypoint(job: JobConfig) -> tuple[Callable[..., None] | str, tuple[object, ...]]:
     """Warm (forked from the job's fork server, see ``launcher.warm``) or a fresh interpreter."""
     server = fork_server_pid()
-    if warm.starts_warm(job) and server is not None:
+    own_code = job.target.kind == "function" or job.target.is_trainer
+    if warm.starts_warm(job) and server is not None and (own_code or agent_can_see_os_exit()):
         return run_agent_rank, (job.target.kind, job.target.name, list(job.target.args), server)
     return sys.executable, tuple(worker_args(job))
 
@@ -193,6 +194,8 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
     # The agent narrates every step and logs each worker failure; the launcher reports the root
     # cause itself (first failing rank, host, traceback), so keep the agent to critical messages.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # With forked ranks the agent stops them through torch.multiprocessing, which warns for each.
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     outcome: dict[str, BaseException] = {}
     # A daemon thread: after Ctrl-C or a rendezvous timeout it may still be blocked in C++ while
     # the launcher stops the job and exits.
