@@ -22,8 +22,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = REPO / "tests" / "scripts" / "ddp_script.py"
-# Small but real: two ranks, a few dozen optimizer steps.
-TINY = ["data.dataset.num_samples=1024", "trainer.epochs=2"]
+# Small but real: two ranks, a few dozen optimizer steps. No curves.png (matplotlib's 0.6 s at the
+# end of each run) where no test looks at it: tests/test_run_dir.py and the sweep tests draw it.
+TINY = ["data.dataset.num_samples=1024", "trainer.epochs=2", "trainer.curves=false"]
 # A launcher starting torch, beside the other tests running in parallel (two workers on two cores),
 # can take about 15 s before its rendezvous even begins: the slack a "fails within init_timeout"
 # bound allows on top of the timeout (never torch's 30 minutes).

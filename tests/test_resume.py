@@ -8,7 +8,8 @@ from tests.conftest import assert_ok, run_for_module, wait_for_no_leftovers
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
 # 2048 samples, 20% held out, 64 per rank per step: 13 steps per epoch, 3 epochs = 39 steps.
-SMALL = ["data.dataset.num_samples=2048", "trainer.epochs=3", "model._target_=tests.plugins.FaultyMLP"]
+SMALL = ["data.dataset.num_samples=2048", "trainer.epochs=3", "model._target_=tests.plugins.FaultyMLP",
+         "trainer.curves=false"]
 
 
 @pytest.fixture(scope="module")

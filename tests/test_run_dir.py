@@ -21,7 +21,7 @@ from launcher.config import check_run_dir, checkpoint_problem, outputs_to_replac
 from launcher.errors import ConfigError
 from tests.conftest import assert_ok, run_for_module
 
-TINY_RUN = ["trainer.epochs=1", "data.dataset.num_samples=256"]
+TINY_RUN = ["trainer.epochs=1", "data.dataset.num_samples=256", "trainer.curves=false"]
 TRAINER_KEYS = {"model": {}, "optimizer": {}, "scheduler": None, "scaler": {}, "progress": {"epoch": 1},
                 "rng": [], "world_size": 2, "seed": 0}
 # A Slurm step on one node, seen from its second task (rank 1: it hosts no rendezvous store).
@@ -51,7 +51,8 @@ def finished_run(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("previous_run")
     run_dir = directory / "earlier"
     assert_ok(run_for_module(directory, "trainer.epochs=2", "data.dataset.num_samples=256", run_dir=run_dir))
-    for name in ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints/last.pt", ".hydra/config.yaml"):
+    for name in ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints/last.pt", ".hydra/config.yaml",
+                 "curves.png"):  # drawn by default
         assert (run_dir / name).exists(), name
     shutil.copytree(run_dir, directory / "pristine", symlinks=True)
     return run_dir
@@ -101,6 +102,7 @@ def test_overwrite_true_replaces_the_previous_run_without_mixing(launcher, previ
     # One epoch now: the earlier run's two metrics records are gone, not appended to.
     assert len((previous_run / "metrics.jsonl").read_text().splitlines()) == 1
     assert (previous_run / "checkpoints" / "last.pt").exists()
+    assert not (previous_run / "curves.png").exists(), "the earlier run's curves.png survived trainer.curves=false"
 
 
 @pytest.mark.slow  # real jobs

@@ -111,6 +111,7 @@ REJECTED: list[tuple[list[str], str, str]] = [
     (["trainer.progress_bar=sometimes"], "trainer.progress_bar", "trainer.progress_bar='sometimes'"),
     (["trainer.progress_bar=1"], "trainer.progress_bar", "trainer.progress_bar=1: allowed: auto, true, false"),
     (["trainer.tensorboard=maybe"], "trainer.tensorboard", "trainer.tensorboard='maybe'"),
+    (["trainer.curves=often"], "trainer.curves", "trainer.curves='often'"),
     (["trainer.tensorboard_every_steps=0"], "trainer.tensorboard_every_steps", "trainer.tensorboard_every_steps=0"),
     # --- save.*, slurm.*
     (["save.every_epochs=-1"], "save.every_epochs", "save.every_epochs=-1"),

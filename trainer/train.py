@@ -448,7 +448,7 @@ def train(cfg: DictConfig, options: Options) -> int:
         monitor.close()
         if worker.env.is_main:
             write_summary(worker.run_dir, summary)
-            if monitor.metrics_path.exists():
+            if options.trainer.curves and monitor.metrics_path.exists():
                 plot_curves(monitor.metrics_path, worker.run_dir / CURVES_FILE)
             worker.log.info("done: %s %.0f samples/s, summary in %s", metrics_text(val_metrics),
                             summary["train_samples_per_s"], worker.run_dir / SUMMARY_FILE)
