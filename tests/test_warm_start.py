@@ -103,3 +103,13 @@ def test_stop_signals_to_every_process_leave_the_fork_server_to_the_launcher(lau
     assert "stopped every rank" in stderr
     assert "killed by SIGKILL" not in stderr, "ranks died with the fork server"
     wait_for_no_leftovers(job_id)
+
+
+def test_the_warm_trainer_leaves_tensorboard_and_matplotlib_to_rank_0():
+    """The fork server preloads the trainer before any rank can start: what only rank 0 needs, and
+    only once it writes (TensorBoard about 0.3 s, matplotlib about 0.5 s), must not be in it."""
+    probe = ("import sys, trainer.train; "
+             "print(sorted({name.split('.')[0] for name in sys.modules} & {'tensorboard', 'matplotlib'}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip() == "[]"

@@ -10,13 +10,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from trainer.contract import METRICS_FILE, TENSORBOARD_DIR
 from trainer.files import read_jsonl, write_text_atomic
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 # Set by a launcher that passes this process's output on to a terminal through a pipe of its own.
 CONSOLE_IS_TERMINAL_ENV = "LAUNCHER_CONSOLE_IS_TERMINAL"
@@ -43,13 +45,23 @@ class Monitor:
         # checkpoint (the steps after its last completed one; that step's points, the epoch's
         # among them, stay), so the curves do not fold back on themselves. A fresh start hides
         # what an earlier attempt without a checkpoint logged.
-        purge_step = resumed_step + 1 if resumed_step is not None else 0
-        self.writer = (SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
-                       if tensorboard else None)
+        self.purge_step = resumed_step + 1 if resumed_step is not None else 0
+        self.tensorboard_dir: Path | None = run_dir / TENSORBOARD_DIR if tensorboard else None
+        self._writer: SummaryWriter | None = None
         # Two scalars cost rank 0 about 50 us, a few percent of a small model's step, and every
         # rank waits for rank 0 at the next all-reduce: step scalars go out every N steps.
         self.tensorboard_every_steps = tensorboard_every_steps
         self.bar: tqdm | None = None
+
+    def _charts(self) -> SummaryWriter | None:
+        """TensorBoard's writer, made when the first point is written. Importing it takes about
+        0.3 s: at the top of this module, the fork server would preload it before any rank could
+        start, and every rank would wait for it before the first step."""
+        if self._writer is None and self.tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.tensorboard_dir), purge_step=self.purge_step)
+        return self._writer
 
     def _write_record(self, record: dict[str, Any]) -> None:
         """The first record of this run rewrites metrics.jsonl atomically: the records of the
@@ -82,7 +94,7 @@ class Monitor:
     def charts(self, global_step: int) -> bool:
         """Whether TensorBoard shows this optimizer step's loss and lr (every N steps); the
         trainer keeps those losses on the device and hands them over in `losses_read`."""
-        return self.writer is not None and global_step % self.tensorboard_every_steps == 0
+        return self.tensorboard_dir is not None and global_step % self.tensorboard_every_steps == 0
 
     def losses_read(self, charted: list[tuple[int, float, float]], loss: float, lr: float) -> None:
         """The losses the trainer has just read from the device, which it does at the logging
@@ -91,10 +103,11 @@ class Monitor:
         its own step, the last micro-batch's loss and lr to the bar."""
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
-        if self.writer is not None:
+        writer = self._charts() if charted else None
+        if writer is not None:
             for global_step, step_loss, step_lr in charted:
-                self.writer.add_scalar("train/batch_loss", step_loss, global_step)
-                self.writer.add_scalar("train/lr", step_lr, global_step)
+                writer.add_scalar("train/batch_loss", step_loss, global_step)
+                writer.add_scalar("train/lr", step_lr, global_step)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         """Close the bar, append the epoch's record to metrics.jsonl and TensorBoard."""
@@ -102,24 +115,25 @@ class Monitor:
             self.bar.close()
             self.bar = None
         self._write_record(record)
-        if self.writer is not None:
+        writer = self._charts()
+        if writer is not None:
             for key, value in record.items():  # the losses, the configured metrics, samples/s
                 if key not in ("epoch", "global_step", "lr"):
-                    self.writer.add_scalar(f"epoch/{key}", value, record["global_step"])
-            self.writer.flush()
+                    writer.add_scalar(f"epoch/{key}", value, record["global_step"])
+            writer.flush()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class SilentMonitor(Monitor):
     """The monitor of every rank but 0."""
 
     def __init__(self) -> None:
-        self.bar, self.writer, self.show_bar = None, None, False
+        self.bar, self._writer, self.show_bar, self.tensorboard_dir = None, None, False, None
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         pass
