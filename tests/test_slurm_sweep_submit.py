@@ -21,8 +21,8 @@ from hydra.types import HydraContext
 
 from launcher.report import REPORT_NAME
 from launcher.slurm.sweep import SubmitAndExitSlurmLauncher
-from tests.conftest import REPO, TINY
-from tests.test_slurm import CPU_ONLY, JOB_TIMEOUT_S, slurm, slurm_cluster  # noqa: F401 (fixtures)
+from tests.conftest import REPO, TINY, wait_for
+from tests.test_slurm import CPU_ONLY, JOB_TIMEOUT_S, TERMINAL, slurm, slurm_cluster  # noqa: F401 (fixtures)
 from tests.test_submit_safety import composed
 
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -206,9 +206,16 @@ def test_a_submitted_sweep_returns_at_once_and_its_points_report_themselves(slur
         assert trained_at_return == [False, False]
 
         wait_until_ended(array_id, JOB_TIMEOUT_S)
-        states = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", array_id],
-                                capture_output=True, text=True, timeout=30).stdout.split()
-        assert sorted(states) == [f"{array_id}_0|COMPLETED", f"{array_id}_1|COMPLETED"], states
+
+        def accounted() -> list[str]:
+            return sorted(subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", array_id],
+                                         capture_output=True, text=True, timeout=30).stdout.split())
+
+        # slurmdbd records a job's end a moment after squeue has forgotten it (seen: RUNNING there)
+        wait_for(lambda: len(accounted()) == 2 and all(line.split("|")[1] in TERMINAL for line in accounted()),
+                 30, f"sacct to record the end of both points of {array_id}")
+        states = accounted()
+        assert states == [f"{array_id}_0|COMPLETED", f"{array_id}_1|COMPLETED"], states
         for path in summaries:
             summary = json.loads(path.read_text())
             assert summary["world_size"] == 2 and summary["nodes"] == 2
