@@ -211,10 +211,14 @@ def test_a_submitted_sweep_returns_at_once_and_its_points_report_themselves(slur
             return sorted(subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", array_id],
                                          capture_output=True, text=True, timeout=30).stdout.split())
 
+        states: list[str] = []
+
+        def both_accounted_as_ended() -> bool:
+            states[:] = accounted()
+            return len(states) == 2 and all(line.split("|")[1] in TERMINAL for line in states)
+
         # slurmdbd records a job's end a moment after squeue has forgotten it (seen: RUNNING there)
-        wait_for(lambda: len(accounted()) == 2 and all(line.split("|")[1] in TERMINAL for line in accounted()),
-                 30, f"sacct to record the end of both points of {array_id}")
-        states = accounted()
+        wait_for(both_accounted_as_ended, 30, f"sacct to record the end of both points of {array_id}")
         assert states == [f"{array_id}_0|COMPLETED", f"{array_id}_1|COMPLETED"], states
         for path in summaries:
             summary = json.loads(path.read_text())

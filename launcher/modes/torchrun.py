@@ -39,12 +39,17 @@ def worker_args(job: JobConfig) -> list[str]:
     return ["-u", *_SAFE_PATH, "-m", CHILD_MODULE, job.target.kind, job.target.name, *job.target.args]
 
 
-def _entrypoint(job: JobConfig) -> tuple[Callable[..., None] | str, tuple[object, ...]]:
-    """Warm (forked from the job's fork server, see ``launcher.warm``) or a fresh interpreter."""
-    server = fork_server_pid()
+def _forks_warm(job: JobConfig) -> bool:
+    """Whether the agent forks this job's ranks from its fork server (``launcher.warm``): a
+    script only where the agent can learn that it ended with ``os._exit(0)``."""
     own_code = job.target.kind == "function" or job.target.is_trainer
-    if warm.starts_warm(job) and server is not None and (own_code or agent_can_see_os_exit()):
-        return run_agent_rank, (job.target.kind, job.target.name, list(job.target.args), server)
+    return warm.starts_warm(job) and fork_server_pid() is not None and (own_code or agent_can_see_os_exit())
+
+
+def _entrypoint(job: JobConfig) -> tuple[Callable[..., None] | str, tuple[object, ...]]:
+    """Warm (forked from the job's fork server) or a fresh interpreter."""
+    if _forks_warm(job):
+        return run_agent_rank, (job.target.kind, job.target.name, list(job.target.args), fork_server_pid())
     return sys.executable, tuple(worker_args(job))
 
 
