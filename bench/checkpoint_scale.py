@@ -9,9 +9,9 @@ as a multiple of the checkpoint file's size):
   ``--gb`` GB of float32 weights (plus as much SGD momentum: the state is model + optimizer):
   gather of the RNG states, snapshot to CPU memory, background atomic write, ``wait``;
 - ``resume shared``: 2 ranks, ``checkpoint.load_everywhere`` of that file where every rank sees it
-  (each reads the file itself, checked by size and sha256);
-- ``resume sent``: 2 ranks, the same where rank 1 does not see the file: rank 0 sends the state as
-  tensors (``broadcast_state``);
+  (each reads the file itself, checked by size and a fingerprint of its zip directory);
+- ``resume sent``: 2 ranks, the same where rank 1 does not see the file: rank 0 maps the file and sends
+  the state as tensors (``broadcast_state``);
 - ``torch.load``: one process, a plain ``torch.load(weights_only=True)`` of the file (baseline).
 
     python bench/checkpoint_scale.py [--gb 0.5] [--reps 3]
@@ -93,7 +93,7 @@ def worker(case: str, folder: Path, gb: float, out: Path) -> None:
             seconds = time.perf_counter() - start
         else:
             if case == "resume sent" and rank != 0:
-                checkpoint._read_verified = lambda *args: None  # type: ignore[assignment]  # rank 1 does not see the file
+                checkpoint._sees = lambda *args: None  # type: ignore[assignment]  # rank 1 does not see the file
             dist.barrier()
             before, start = rss_mb(), time.perf_counter()
             state = checkpoint.load_everywhere(path if rank == 0 else None, device)

@@ -157,7 +157,7 @@ class PickleFreeSynthetic(SyntheticClassification):
         if hide_checkpoint and int(os.environ.get("RANK", "0")) != 0:
             import trainer.checkpoint
 
-            trainer.checkpoint._read_verified = lambda *args: None  # type: ignore[assignment]
+            trainer.checkpoint._sees = lambda *args: None  # type: ignore[assignment]
 
 
 class _NoisyDataset(Dataset):

@@ -7,6 +7,7 @@ broadcast from rank 0, its structure as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -265,50 +266,60 @@ def _fingerprint(file: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _read_verified(path: Path, size: int, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` when this rank sees the very file rank 0 read (same size and
-    ``_fingerprint``); one open file, so the file checked is the file loaded."""
+def _sees(path: Path, size: int, fingerprint: str) -> IO[bytes] | None:
+    """``path`` opened, when this rank sees the very file rank 0 read (same size and
+    ``_fingerprint``): the file checked is the file loaded."""
     try:
-        with open(path, "rb") as file:
-            if os.fstat(file.fileno()).st_size != size or _fingerprint(file) != fingerprint:
-                return None
-            return torch.load(file, map_location="cpu", weights_only=True)
+        with contextlib.ExitStack() as closing:
+            file = closing.enter_context(open(path, "rb"))
+            if os.fstat(file.fileno()).st_size == size and _fingerprint(file) == fingerprint:
+                closing.pop_all()  # the caller's now
+                return file
     except OSError:
-        return None
+        pass
+    return None
 
 
 def load_everywhere(path: Path | None, device: torch.device) -> dict[str, Any] | None:
     """The checkpoint rank 0 names, on every rank (collective; ``path`` matters on rank 0 only,
     None: nothing to resume).
 
-    Each rank reads the file itself (``torch.load(weights_only=True)``, reading it in place: one
-    copy of the state per rank) when it sees the same file as rank 0 (a shared run directory: same
-    size and ``_fingerprint``); rank 0 sends the fingerprint before it loads, so the ranks load at
-    the same time. If any rank does not see the file, rank 0 sends the state as tensors
-    (``broadcast_state``, one broadcast per tensor). Nothing is unpickled from the network.
+    Rank 0 sends the file's size and ``_fingerprint``; each other rank checks whether it sees the
+    same file (a shared run directory), which takes milliseconds. If every rank does, each reads
+    it itself (``torch.load(weights_only=True)``, reading it in place: one copy of the state per
+    rank), all at the same time. If any rank does not, rank 0 maps the file (``mmap``: no copy of
+    its own) and sends the state as tensors straight from the mapping (``broadcast_state``, one
+    broadcast per tensor), so reading the file and sending it overlap instead of following each
+    other. Nothing is unpickled from the network.
     """
-    state = None
-    if dist.get_rank() == 0 and path is not None:
-        with open(path, "rb") as file:
+    with contextlib.ExitStack() as closing:
+        file: IO[bytes] | None = None
+        if dist.get_rank() == 0 and path is not None:
+            file = closing.enter_context(open(path, "rb"))
             about = _broadcast_bytes(json.dumps({
                 "path": str(path.resolve()), "size": os.fstat(file.fileno()).st_size,
                 "fingerprint": _fingerprint(file)}).encode(), device)
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    else:
-        about = _broadcast_bytes(b"", device)
-    if not about:
-        return None
-    if dist.get_rank() != 0:
-        where = json.loads(about)
-        state = _read_verified(Path(where["path"]), where["size"], where["fingerprint"])
-    everyone = torch.tensor([state is not None], dtype=torch.int64, device=device)
-    dist.all_reduce(everyone, op=dist.ReduceOp.MIN)
-    if not everyone.item():
-        if dist.get_rank() == 0:
-            log.info("not every rank sees %s: rank 0 sends the checkpoint as tensors", path)
-        sent = broadcast_state(state if dist.get_rank() == 0 else None, device)
-        state = state if state is not None else sent
-    return state
+        else:
+            about = _broadcast_bytes(b"", device)
+        if not about:
+            return None
+        if dist.get_rank() != 0:
+            where = json.loads(about)
+            file = _sees(Path(where["path"]), where["size"], where["fingerprint"])
+            if file is not None:
+                closing.enter_context(file)
+        everyone = torch.tensor([file is not None], dtype=torch.int64, device=device)
+        dist.all_reduce(everyone, op=dist.ReduceOp.MIN)
+        if everyone.item():
+            assert file is not None
+            return torch.load(file, map_location="cpu", weights_only=True)
+    if dist.get_rank() == 0:
+        assert path is not None
+        log.info("not every rank sees %s: rank 0 sends the checkpoint as tensors", path)
+        # torch maps only its zip format; an older file is read whole.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return broadcast_state(state, device)
+    return broadcast_state(None, device)
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
