@@ -41,8 +41,11 @@ def composed_multirun(*overrides: str):
 
 
 def sweep_config(tmp_path: Path, *overrides: str):
+    """A sweep for in-process checks: CPUs per task given, so nothing asks a cluster (``auto``
+    would run ``sinfo``, and without a cluster warn after its 5 s timeout)."""
     return composed_multirun("hydra/launcher=slurm_submit", "nodes=2", "gpus=1", CPU_ONLY,
-                             f"hydra.sweep.dir={tmp_path / 'sweep'}", "slurm.partition=debug", *overrides)
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}", "slurm.partition=debug",
+                             "slurm.cpus_per_task=1", *overrides)
 
 
 @pytest.fixture
