@@ -368,7 +368,14 @@ def run_spawned_rank(local_rank: int, procs_per_node: list[int], node_rank: int,
     os.setsid()
     os.environ.update(rank_info(procs_per_node, node_rank, local_rank).env())
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-    run_target(kind, name, args, parent=server_pid)
+    try:
+        run_target(kind, name, args, parent=server_pid)
+    finally:
+        if server_pid is not None:
+            # Forked, the rank leaves through multiprocessing's os._exit, which skips the exit
+            # handlers a script registered (to flush or close what it writes); an interpreter runs
+            # them at its end, after sys.exit or Ctrl-C too. A failure ran them in fail_fast.
+            atexit._run_exitfuncs()
 
 
 # torchrun's agent learns that a forked rank finished from the value its function returned, which

@@ -41,6 +41,7 @@ def test_script_starts_warm_or_fresh(launcher, tmp_path, mode, start_method, war
         assert Path(record["cwd"]) == Path(launcher.workdir)
         assert record["own_session"]
         assert record["start_method"] == fresh_start_method  # its DataLoader workers start as usual
+        assert (out / f"rank_{rank}.atexit").exists(), "the script's exit handler ran, as python's would"
     wait_for_no_leftovers(launcher.job_ids[-1])
 
 

@@ -5,6 +5,7 @@ import sys
 
 FRESH_GLOBALS = sorted(name for name in globals() if not name.startswith("__"))
 
+import atexit  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
@@ -14,6 +15,14 @@ record = {"forked_by_server": os.getppid() != int(os.environ["LAUNCHER_PARENT_PI
           "start_method": multiprocessing.get_start_method()}
 with open(os.path.join(os.environ["USER_SCRIPT_OUT"], f"rank_{os.environ['RANK']}.json"), "w") as file:
     json.dump(record, file)
+
+
+def leave_a_mark() -> None:
+    """An exit handler, as scripts register to flush or close what they write: run at the end."""
+    open(os.path.join(os.environ["USER_SCRIPT_OUT"], f"rank_{os.environ['RANK']}.atexit"), "w").close()
+
+
+atexit.register(leave_a_mark)
 
 # USER_SCRIPT_END=os_exit: end as scripts do to skip a slow teardown, after a forked child (as a
 # DataLoader worker would be) has left the same way; rank 1 with code PROBE_RANK_1_CODE.
