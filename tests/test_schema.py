@@ -17,7 +17,6 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
 
 from launcher.__main__ import CONFIG_DIR
 from launcher.rules import schema_rules
@@ -237,11 +236,32 @@ def test_the_trainer_reads_typed_objects_from_the_resolved_config():
 
 
 def test_a_key_the_run_config_lacks_is_its_default_and_a_wrong_type_is_refused():
-    from trainer.train import Options
+    from trainer.train import InvalidOptions, Options
 
     cfg = resolved()
     del cfg.trainer["compile"]
     assert Options.from_config(cfg).trainer.compile is False
     cfg.trainer.mode = "predict"
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidOptions, match=r"^trainer\.mode='predict': "):
         Options.from_config(cfg)
+
+
+@pytest.mark.parametrize(("block", "key", "value"), [
+    ("trainer", "epochs", "zero"),
+    ("trainer", "matmul_precision", "fp9"),
+    ("trainer.early_stop", "patience", "x"),
+    ("data", "worker_start_method", "thread"),
+])
+def test_the_trainer_run_by_hand_refuses_an_edited_config_in_one_line(tmp_path, capsys, block, key, value):
+    """``python -m trainer RUN_DIR/config.yaml`` by hand (e.g. as the rank under a user's own
+    torchrun) on a config edited after the launcher checked it: exit 2, one line naming the key."""
+    from trainer.train import main
+
+    cfg = resolved()
+    OmegaConf.update(cfg, f"{block}.{key}", value)
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: invalid config {path}: {block}.{key}='{value}': "), err
+    assert err.count("\n") == 1, err

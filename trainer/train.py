@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
@@ -70,15 +72,26 @@ from trainer.tasks import Step
 Schema = TypeVar("Schema")
 
 
-def typed(schema: type[Schema], node: DictConfig) -> Schema:
-    """``node``'s keys of the dataclass ``schema`` as that dataclass: each value converted to its
-    field's type (``precision: 32`` is "32", a mode its enum member), a key the config lacks at
-    its default, a value of the wrong type refused."""
+class InvalidOptions(ValueError):
+    """A value of the trainer's own blocks that their schema refuses: seen only where a config
+    reaches the trainer without the launcher's check (``python -m trainer`` by hand, on an edited
+    file); the launcher checks every key, ranges included, before a rank starts."""
+
+
+def typed(schema: type[Schema], cfg: DictConfig, block: str) -> Schema:
+    """The ``block`` of ``cfg``, the keys of the dataclass ``schema``, as that dataclass: each
+    value converted to its field's type (``precision: 32`` is "32", a mode its enum member), a key
+    the config lacks at its default, a value of the wrong type refused (``InvalidOptions``)."""
     names = {item.name for item in fields(schema)}  # type: ignore[arg-type]
-    resolved = OmegaConf.to_container(node, resolve=True)  # interpolations against the whole config
+    resolved = OmegaConf.to_container(cfg[block], resolve=True)  # interpolations against the whole config
     assert isinstance(resolved, dict)
     values = {name: value for name, value in resolved.items() if name in names}
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))  # type: ignore[return-value]
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))  # type: ignore[return-value]
+    except ValidationError as refused:
+        key = f"{block}.{refused.full_key}"
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        raise InvalidOptions(f"{key}={value!r}: {str(refused).splitlines()[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -94,8 +107,8 @@ class Options:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Options:
-        return cls(typed(TrainerOptions, cfg.trainer), typed(SaveOptions, cfg.save),
-                   typed(DataLoaderOptions, cfg.data))
+        return cls(typed(TrainerOptions, cfg, "trainer"), typed(SaveOptions, cfg, "save"),
+                   typed(DataLoaderOptions, cfg, "data"))
 
 
 @dataclass
@@ -489,6 +502,10 @@ def main(argv: list[str]) -> int:
         raise SystemExit("usage: python -m trainer RUN_DIR/config.yaml")
     cfg = OmegaConf.load(argv[0])
     assert isinstance(cfg, DictConfig), f"{argv[0]}: not a mapping"
-    options = Options.from_config(cfg)
+    try:
+        options = Options.from_config(cfg)
+    except InvalidOptions as refused:
+        print(f"error: invalid config {argv[0]}: {refused}", file=sys.stderr)
+        return 2
     return (evaluate_checkpoint(cfg, options) if options.trainer.mode is TrainerMode.eval
             else train(cfg, options))
