@@ -1,6 +1,7 @@
 """dry_run=true: each rank's place and the exact command, and nothing started or written."""
 
 import re
+import sys
 
 import pytest
 
@@ -25,6 +26,19 @@ def test_dry_run_torchrun_prints_each_rank_and_the_command(launcher):
     assert "torch.distributed.run" in launch.stdout and "--nproc-per-node=3" in launch.stdout
     assert not launch.run_dir.exists()
     wait_for_no_leftovers(launcher.job_ids[-1], timeout_s=1)
+
+
+@pytest.mark.parametrize("mode", ["torchrun", "mp_spawn"])
+def test_a_dry_run_does_not_import_torch(launcher, mode):
+    """Shown, not started: the torchrun line is built from plain values, not torch's LaunchConfig
+    (whose import took a dry run from 0.7 s to 2.7 s here)."""
+    launch = launcher.run("dry_run=true", f"launcher={mode}",
+                          entry=(sys.executable, "-X", "importtime", "-m", "launcher"))
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    assert "node_rank=0" in launch.stdout
+    imported = re.findall(r"^import time:.*\|\s*(\S+)$", launch.stderr, re.MULTILINE)
+    assert "hydra" in imported, "-X importtime listed the imports"
+    assert not [name for name in imported if name == "torch" or name.startswith("torch.")], "a dry run imported torch"
 
 
 def test_dry_run_mp_spawn_second_node_of_heterogeneous_job(launcher):

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from launcher import warm
 from launcher.child import agent_can_see_os_exit, run_agent_rank
@@ -63,45 +63,54 @@ def _rdzv_configs(job: JobConfig) -> dict[str, object]:
     return {"rank": job.node_rank}
 
 
+def _agent_settings(job: JobConfig) -> dict[str, Any]:
+    """``LaunchConfig``'s keywords for this job, as plain values: what the agent is given, and
+    what the dry run's torchrun line shows, without importing torch (2 s) for a dry run.
+    ``rdzv_configs`` carries ``timeout`` as ``LaunchConfig`` itself sets it from ``rdzv_timeout``
+    (torchrun's command line has no other way to give it)."""
+    backend, configs = job.mode.rdzv, _rdzv_configs(job)
+    if job.uses_file_store:
+        backend = AGENT_BACKEND
+        configs = {"path": os.environ.get(FILE_STORE_ENV, "TMPDIR/store") + ".agent"}
+    return {
+        "min_nodes": job.nodes,
+        "max_nodes": job.nodes,
+        "nproc_per_node": job.local_world_size,
+        "run_id": job.rdzv_id,
+        "rdzv_backend": backend,
+        "rdzv_endpoint": job.rdzv_endpoint,
+        "rdzv_configs": {**configs, "timeout": int(job.init_timeout_s)},
+        "rdzv_timeout": int(job.init_timeout_s),
+        "max_restarts": job.mode.max_restarts,
+        "monitor_interval": job.mode.monitor_interval_s,
+        "start_method": warm.WARM if warm.starts_warm(job) else "spawn",
+        "local_addr": job.local_addr,
+        "shutdown_timeout": int(job.mode.shutdown_grace_s),
+    }
+
+
 def launch_config(job: JobConfig) -> LaunchConfig:
     from torch.distributed.launcher.api import LaunchConfig
 
-    backend, configs = job.mode.rdzv, _rdzv_configs(job)
     if job.uses_file_store:
         register_agent_backend()
-        backend = AGENT_BACKEND
-        configs = {"path": os.environ.get(FILE_STORE_ENV, "TMPDIR/store") + ".agent"}
-    return LaunchConfig(
-        min_nodes=job.nodes,
-        max_nodes=job.nodes,
-        nproc_per_node=job.local_world_size,
-        run_id=job.rdzv_id,
-        rdzv_backend=backend,
-        rdzv_endpoint=job.rdzv_endpoint,
-        rdzv_configs=configs,
-        rdzv_timeout=int(job.init_timeout_s),
-        max_restarts=job.mode.max_restarts,
-        monitor_interval=job.mode.monitor_interval_s,
-        start_method=warm.WARM if warm.starts_warm(job) else "spawn",
-        local_addr=job.local_addr,
-        shutdown_timeout=int(job.mode.shutdown_grace_s),
-    )
+    return LaunchConfig(**_agent_settings(job))
 
 
 def command_line(job: JobConfig) -> str:
     """The ``torchrun`` command this mode is equivalent to (it runs the agent in-process)."""
-    config = launch_config(job)
-    rdzv_conf = ",".join(f"{key}={value}" for key, value in config.rdzv_configs.items() if key != "rank")
+    settings = _agent_settings(job)
+    rdzv_conf = ",".join(f"{key}={value}" for key, value in settings["rdzv_configs"].items() if key != "rank")
     options = {
         "nnodes": job.nodes,
-        "nproc-per-node": config.nproc_per_node,
-        "rdzv-backend": config.rdzv_backend,
-        "rdzv-endpoint": config.rdzv_endpoint,
-        "rdzv-id": config.run_id,
+        "nproc-per-node": settings["nproc_per_node"],
+        "rdzv-backend": settings["rdzv_backend"],
+        "rdzv-endpoint": settings["rdzv_endpoint"],
+        "rdzv-id": settings["run_id"],
         "rdzv-conf": rdzv_conf,
-        "local-addr": config.local_addr,
-        "max-restarts": config.max_restarts,
-        "monitor-interval": config.monitor_interval,
+        "local-addr": settings["local_addr"],
+        "max-restarts": settings["max_restarts"],
+        "monitor-interval": settings["monitor_interval"],
     }
     if not job.ranks_from_rendezvous:
         options["node-rank"] = job.node_rank
