@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from launcher.config import check_run_dir, checkpoint_problem, outputs_to_replace, pickled_dict_keys
 from launcher.errors import ConfigError
+from launcher.jobs import launcher_log_verdict
 from tests.conftest import assert_ok, run_for_module
 
 TINY_RUN = ["trainer.epochs=1", "data.dataset.num_samples=256", "trainer.curves=false"]
@@ -103,6 +104,9 @@ def test_overwrite_true_replaces_the_previous_run_without_mixing(launcher, previ
     assert len((previous_run / "metrics.jsonl").read_text().splitlines()) == 1
     assert (previous_run / "checkpoints" / "last.pt").exists()
     assert not (previous_run / "curves.png").exists(), "the earlier run's curves.png survived trainer.curves=false"
+    # launcher.log is the directory's history (README): both launches, the latest one finished.
+    assert (previous_run / "launcher.log").read_text().count(" INFO starting ") == 2
+    assert launcher_log_verdict(previous_run) == ("finished", "launcher.log: all ranks finished")
 
 
 @pytest.mark.slow  # real jobs
