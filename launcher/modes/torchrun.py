@@ -83,7 +83,7 @@ def _agent_settings(job: JobConfig) -> dict[str, Any]:
         "rdzv_timeout": int(job.init_timeout_s),
         "max_restarts": job.mode.max_restarts,
         "monitor_interval": job.mode.monitor_interval_s,
-        "start_method": warm.WARM if warm.starts_warm(job) else "spawn",
+        "start_method": warm.WARM if _forks_warm(job) else "spawn",
         "local_addr": job.local_addr,
         "shutdown_timeout": int(job.mode.shutdown_grace_s),
     }
