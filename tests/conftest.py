@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -216,6 +218,22 @@ def project_with_its_own_trainer(directory: Path) -> Path:
         "open(os.path.join(os.path.dirname(__file__), 'imported_' + os.environ['RANK']), 'w')"
         ".write(trainer.NAME)\n")
     return directory / "train.py"
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A TMPDIR of a launch's own, for `assert_no_litter`: short, since a Unix socket's path (the
+    fork server's, made in it) must fit in 107 bytes, and a test's tmp_path is already 70."""
+    directory = Path(tempfile.mkdtemp(prefix="lt-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def assert_no_litter(directory: Path) -> None:
+    """A finished launch leaves nothing in its temporary directory but torch's compile cache,
+    which is meant to outlive runs."""
+    left = sorted(path.name for path in directory.iterdir() if not path.name.startswith("torchinductor_"))
+    assert not left, f"left behind in {directory}: {left}"
 
 
 def assert_ok(launch: Launch) -> None:

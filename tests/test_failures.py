@@ -7,7 +7,14 @@ import subprocess
 
 import pytest
 
-from tests.conftest import DDP_SCRIPT, TINY, job_processes, wait_for, wait_for_no_leftovers
+from tests.conftest import (
+    DDP_SCRIPT,
+    TINY,
+    assert_no_litter,
+    job_processes,
+    wait_for,
+    wait_for_no_leftovers,
+)
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -15,19 +22,20 @@ MODES = ["torchrun", "mp_spawn"]
 HOST = socket.gethostname()
 
 
-def failed_script_run(launcher, tmp_path, mode, *script_flags):
+def failed_script_run(launcher, tmp_path, tmpdir, mode, *script_flags):
     """Run the test script with a fault; the job must fail as a whole, fast."""
     flags = ",".join(script_flags)
     launch = launcher.run(f"launcher={mode}", f"script={DDP_SCRIPT}",
-                          f"script_args=[{tmp_path / 'out'},{flags}]")
+                          f"script_args=[{tmp_path / 'out'},{flags}]", env={"TMPDIR": str(tmpdir)})
     assert launch.returncode == 1, launch.stderr
     assert launch.elapsed_s < 30
+    assert_no_litter(tmpdir)
     return launch
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_raising_rank_is_named_with_host_and_traceback(launcher, tmp_path, mode):
-    launch = failed_script_run(launcher, tmp_path, mode, "--fail-rank", "1")
+def test_raising_rank_is_named_with_host_and_traceback(launcher, tmp_path, short_tmpdir, mode):
+    launch = failed_script_run(launcher, tmp_path, short_tmpdir, mode, "--fail-rank", "1")
     assert f"rank 1 on host {HOST} failed first: RuntimeError: deliberate failure on rank 1" in launch.stderr
     report = launch.stderr.split("failed first", 1)[1]
     assert 'ddp_script.py", line' in report and "raise RuntimeError" in report
@@ -38,8 +46,8 @@ def test_raising_rank_is_named_with_host_and_traceback(launcher, tmp_path, mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_rank_killed_by_signal_is_named(launcher, tmp_path, mode):
-    launch = failed_script_run(launcher, tmp_path, mode, "--die-rank", "0")
+def test_rank_killed_by_signal_is_named(launcher, tmp_path, short_tmpdir, mode):
+    launch = failed_script_run(launcher, tmp_path, short_tmpdir, mode, "--die-rank", "0")
     assert f"rank 0 on host {HOST} failed first: killed by SIGKILL" in launch.stderr
     wait_for_no_leftovers(launcher.job_ids[-1])
 

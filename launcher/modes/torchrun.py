@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from launcher import warm
-from launcher.child import agent_can_see_os_exit, run_agent_rank
+from launcher.child import ERROR_DIR_ENV, agent_can_see_os_exit, run_agent_rank
 from launcher.config import JobConfig
 from launcher.errors import StartFailed
 from launcher.failures import JOINED
@@ -90,11 +90,15 @@ def _agent_settings(job: JobConfig) -> dict[str, Any]:
 
 
 def launch_config(job: JobConfig) -> LaunchConfig:
+    """The agent's settings; what it writes for itself (each worker's error file) goes to the
+    job's temporary directory, removed at the end, not to a new ``/tmp/torchelastic_*`` per run."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig
 
     if job.uses_file_store:
         register_agent_backend()
-    return LaunchConfig(**_agent_settings(job))
+    logs = DefaultLogsSpecs(log_dir=os.path.join(os.environ[ERROR_DIR_ENV], "agent"))
+    return LaunchConfig(**_agent_settings(job), logs_specs=logs)
 
 
 def command_line(job: JobConfig) -> str:
