@@ -213,7 +213,12 @@ def command() -> NoReturn:
     """``python -m launcher`` and ``ddp-launch``: `main`, then the process ends without the
     interpreter's teardown (`supervise.leave`). In-process callers use `main`."""
     from launcher.supervise import leave
+    from launcher.workdir import search_working_directory_last
 
+    search_working_directory_last()  # before launcher.warm imports our trainer package
+    from launcher import warm
+
+    warm.fork_servers_from_this_process()
     try:
         main()
     except SystemExit as stop:

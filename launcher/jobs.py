@@ -667,19 +667,35 @@ def logs_main(argv: list[str]) -> int:
 
 # --- cancel --------------------------------------------------------------------------------------
 
+def _command_line(pid: int | None) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() if pid else b""
+    except OSError:
+        return b""
+
+
 def local_launchers(ranks: list[Attempt]) -> dict[int, list[int]]:
-    """The launcher process of each live rank: the rank's ``LAUNCHER_PARENT_PID`` (exported by the
-    launcher to its ranks), accepted only where it is alive and the rank's parent, or its
-    grandparent through the fork server that warm ranks come from (``launcher.warm``)."""
+    """The launcher process of each live rank, accepted only where it is alive and the rank's
+    parent, or its grandparent through the fork server that warm ranks come from (``launcher.warm``):
+    the rank's ``LAUNCHER_PARENT_PID`` (exported by the launcher to its ranks) names it; where the
+    server is a fork of the launcher, neither it nor the rank ever started a program of its own
+    (``/proc`` shows the environment and command line a process was started with, which are the
+    launcher's), so the launcher is the grandparent that has the same command line as both."""
     from launcher.child import PARENT_PID_ENV
 
     found: dict[int, list[int]] = {}
     for rank in ranks:
         declared = process_env(rank.pid).get(PARENT_PID_ENV, "")
         parent = parent_pid(rank.pid)
-        ancestors = (parent, parent_pid(parent) if parent else None)
-        if declared.isdigit() and int(declared) in ancestors and process_alive(int(declared)):
-            found.setdefault(int(declared), []).append(rank.rank)
+        grandparent = parent_pid(parent) if parent else None
+        if declared.isdigit() and int(declared) in (parent, grandparent):
+            launcher: int | None = int(declared)
+        elif _command_line(rank.pid) == _command_line(parent) == _command_line(grandparent) != b"":
+            launcher = grandparent
+        else:
+            launcher = None
+        if launcher and process_alive(launcher):
+            found.setdefault(launcher, []).append(rank.rank)
     return found
 
 

@@ -13,7 +13,13 @@ import pytest
 
 from launcher.jobs import parent_pid
 from launcher.supervise import descendants
-from tests.conftest import REPO, assert_ok, wait_for, wait_for_no_leftovers
+from tests.conftest import (
+    REPO,
+    assert_no_litter,
+    assert_ok,
+    wait_for,
+    wait_for_no_leftovers,
+)
 from tests.test_api import run_program
 
 PROBE = REPO / "tests" / "scripts" / "warm_probe.py"
@@ -23,15 +29,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("mode", ["torchrun", "mp_spawn"])
 @pytest.mark.parametrize(("start_method", "warm"), [("forkserver", True), ("spawn", False)])
-def test_script_starts_warm_or_fresh(launcher, tmp_path, mode, start_method, warm):
+def test_script_starts_warm_or_fresh(launcher, tmp_path, short_tmpdir, mode, start_method, warm):
     out = tmp_path / "out"
     out.mkdir()
     fresh_start_method = subprocess.run([sys.executable, "-c", "import multiprocessing as m; print(m.get_start_method())"],
                                         capture_output=True, text=True, check=True).stdout.strip()
     launch = launcher.run(f"launcher={mode}", f"launcher.start_method={start_method}",
                           "--nproc-per-node=2", str(PROBE), "--flag", "x y",
-                          env={"USER_SCRIPT_OUT": str(out)})
+                          env={"USER_SCRIPT_OUT": str(out), "TMPDIR": str(short_tmpdir)})
     assert_ok(launch)
+    assert_no_litter(short_tmpdir)
     for rank in range(2):
         record = json.loads((out / f"rank_{rank}.json").read_text())
         assert record["forked_by_server"] is warm, record
@@ -42,6 +49,13 @@ def test_script_starts_warm_or_fresh(launcher, tmp_path, mode, start_method, war
         assert record["own_session"]
         assert record["start_method"] == fresh_start_method  # its DataLoader workers start as usual
         assert (out / f"rank_{rank}.atexit").exists(), "the script's exit handler ran, as python's would"
+        # Nothing of the launcher's own state: its logging, its open files, its Hydra app, its
+        # signal handlers, its C++ log level (raised for its agent only).
+        assert "probe says: the script's own logging" in (launch.run_dir / "logs" / f"rank_{rank}.log").read_text()
+        assert not [name for name in record["open_files"] if name.endswith("launcher.log")], record["open_files"]
+        assert record["hydra_starts_afresh"]
+        assert record["signal_handlers"] == {"SIGINT": "default_int_handler"}
+        assert record["cpp_log_level"] == 1, "TORCH_CPP_LOG_LEVEL unset: torch's default, WARNING"
     wait_for_no_leftovers(launcher.job_ids[-1])
 
 
@@ -87,9 +101,11 @@ def test_stop_signals_to_every_process_leave_the_fork_server_to_the_launcher(lau
             return metrics.read_text().count("\n") if metrics.exists() else 0
 
         wait_for(lambda: epochs() >= 1, 120, "the first epoch")
-        # The launcher's child whose command is the fork server (its forks, the ranks, share it).
-        servers = [pid for pid in descendants(proc.pid) if parent_pid(pid) == proc.pid
-                   and b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        # The launcher's child that is the ranks' parent (its other child, multiprocessing's
+        # resource tracker, has none).
+        below = descendants(proc.pid)
+        servers = [pid for pid in below if parent_pid(pid) == proc.pid
+                   and any(parent_pid(other) == pid for other in below)]
         assert len(servers) == 1, "the job's ranks come from one fork server"
         for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGTERM):
             os.kill(servers[0], signum)

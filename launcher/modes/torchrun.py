@@ -7,6 +7,7 @@ torch's own.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
@@ -153,17 +154,23 @@ _POLL_S = 0.1
 RENDEZVOUS_SLACK_S = 1.0
 
 
+_CPP_LOG_FATAL = 3  # TORCH_CPP_LOG_LEVEL=FATAL
+
+
 def _silence_cpp_retry_warnings() -> None:
     """torch's store client logs every connection retry from C++ (20 lines for one unreachable
-    master); the launcher reports the outcome in one line. The level is read when torch is first
-    imported, so set it for this process only and give the workers the user's own setting."""
-    if "torch" in sys.modules or "TORCH_CPP_LOG_LEVEL" in os.environ:
+    master); the launcher reports the outcome in one line. Raised for this process only, after
+    its fork server was forked (``launcher.warm``): the ranks keep the user's own level."""
+    if "TORCH_CPP_LOG_LEVEL" in os.environ:
         return
-    os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
-    try:
-        import torch  # noqa: F401
-    finally:
-        del os.environ["TORCH_CPP_LOG_LEVEL"]
+    import torch
+
+    try:  # c10's level, read for every message (a build without the symbol keeps its warnings)
+        level = ctypes.c_int.in_dll(ctypes.CDLL(os.path.join(torch.__path__[0], "lib", "libc10.so")),
+                                    "FLAGS_caffe2_log_level")
+    except (OSError, ValueError):
+        return
+    level.value = _CPP_LOG_FATAL
 
 
 def _rendezvous_overdue(job: JobConfig) -> str:
