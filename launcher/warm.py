@@ -52,6 +52,10 @@ START_METHODS = (WARM, "spawn")
 _PRELOAD = ("torch", "torch.distributed", "torch._dynamo", "launcher.child")
 _PRELOAD_FOR_MODE = {"torchrun": ("torch.distributed.elastic.multiprocessing.api",)}
 _PRELOAD_FOR_TRAINER = ("trainer.train",)
+# multiprocessing makes the server's socket in TMPDIR (pymp-XXXXXXXX/listener-XXXXXXXX); Linux's
+# limit for a socket's path, without its final NUL.
+_MAX_SOCKET_PATH = 107
+log = logging.getLogger("launcher")
 # What a fork of this process may serve: the command-line launcher, whose state is its own.
 _fork_allowed = False
 
@@ -82,6 +86,13 @@ def warm_start(job: JobConfig) -> Iterator[None]:
         yield
         return
     stop_server()  # one left by an earlier job in this process would hold that job's environment
+    socket_path = os.path.join(tempfile.gettempdir(), "pymp-12345678", "listener-12345678")
+    if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+        log.warning("TMPDIR=%s is too long for the fork server's socket (%d bytes in all, at most %d): "
+                    "the ranks start as fresh interpreters; a shorter TMPDIR starts them warm",
+                    tempfile.gettempdir(), len(os.fsencode(socket_path)), _MAX_SOCKET_PATH)
+        yield
+        return
     forkserver.set_forkserver_preload(preload_modules(job))
     fork_here = _server_may_be_forked()
     with tempfile.TemporaryDirectory(prefix="launcher-warm-") as empty:

@@ -60,6 +60,23 @@ def test_script_starts_warm_or_fresh(launcher, tmp_path, short_tmpdir, mode, sta
 
 
 @pytest.mark.parametrize("mode", ["torchrun", "mp_spawn"])
+def test_a_tmpdir_too_long_for_the_servers_socket_starts_the_ranks_fresh(launcher, tmp_path, mode):
+    """The fork server listens on a Unix socket made in TMPDIR, whose path may not exceed 107 bytes;
+    a longer TMPDIR (some clusters set one per job) made the launch fail with a traceback."""
+    long_tmpdir = tmp_path / ("t" * 60)
+    long_tmpdir.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    launch = launcher.run(f"launcher={mode}", "--nproc-per-node=2", str(PROBE),
+                          env={"USER_SCRIPT_OUT": str(out), "TMPDIR": str(long_tmpdir)})
+    assert_ok(launch)
+    assert f"TMPDIR={long_tmpdir} is too long for the fork server's socket" in launch.stderr
+    for rank in range(2):
+        assert not json.loads((out / f"rank_{rank}.json").read_text())["forked_by_server"]
+    wait_for_no_leftovers(launcher.job_ids[-1])
+
+
+@pytest.mark.parametrize("mode", ["torchrun", "mp_spawn"])
 def test_a_warm_script_may_end_with_os_exit(launcher, tmp_path, mode):
     """Forked, a rank that leaves with ``os._exit(0)`` returns nothing to torchrun's agent, which
     waited for it forever; its forked children leaving that way must not count as it finishing."""

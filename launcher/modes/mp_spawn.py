@@ -45,7 +45,7 @@ def run(job: JobConfig) -> dict[int, tuple[int, float]]:
         args=_spawn_args(job),
         nprocs=job.local_world_size,
         join=False,
-        start_method=job.mode.start_method,
+        start_method=warm.WARM if fork_server_pid() is not None else "spawn",  # see warm.warm_start
     )
     try:
         while not context.join(timeout=1.0, grace_period=job.mode.shutdown_grace_s):
