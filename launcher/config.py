@@ -167,10 +167,15 @@ class JobConfig:
 GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")
 
 
+def has_gpu_device_nodes() -> bool:
+    """Whether this machine could have a GPU: only then does the launcher ask CUDA anything."""
+    return any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES)
+
+
 def _cuda_device_count() -> int:
     """Without any GPU device node torch could only answer 0, so it is not imported: importing it
     takes about a second, which every launch (and every rejected config) would otherwise pay."""
-    if not any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES):
+    if not has_gpu_device_nodes():
         return 0
     import torch
 

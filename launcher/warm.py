@@ -27,7 +27,6 @@ helpers, not a job process, and is stopped when the job is; scripts and modules 
 from __future__ import annotations
 
 import contextlib
-import glob
 import inspect
 import logging
 import os
@@ -42,7 +41,7 @@ from multiprocessing import connection, forkserver, resource_tracker, util
 from typing import Any, NoReturn
 
 from launcher.child import FORK_SERVER_BLOCKED_SIGNALS, forget_fork_server
-from launcher.config import GPU_DEVICE_NODES, JobConfig
+from launcher.config import JobConfig, has_gpu_device_nodes
 from launcher.supervise import fork_server_pid
 
 WARM = "forkserver"
@@ -86,14 +85,15 @@ def warm_start(job: JobConfig) -> Iterator[None]:
         yield
         return
     stop_server()  # one left by an earlier job in this process would hold that job's environment
-    socket_path = os.path.join(tempfile.gettempdir(), "pymp-12345678", "listener-12345678")
-    if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+    socket_path_bytes = len(os.fsencode(os.path.join(tempfile.gettempdir(), "pymp-12345678", "listener-12345678")))
+    if socket_path_bytes > _MAX_SOCKET_PATH:
         log.warning("TMPDIR=%s is too long for the fork server's socket (%d bytes in all, at most %d): "
                     "the ranks start as fresh interpreters; a shorter TMPDIR starts them warm",
-                    tempfile.gettempdir(), len(os.fsencode(socket_path)), _MAX_SOCKET_PATH)
+                    tempfile.gettempdir(), socket_path_bytes, _MAX_SOCKET_PATH)
         yield
         return
-    forkserver.set_forkserver_preload(preload_modules(job))
+    preload = preload_modules(job)
+    forkserver.set_forkserver_preload(preload)
     fork_here = _server_may_be_forked()
     with tempfile.TemporaryDirectory(prefix="launcher-warm-") as empty:
         # The server (``python -c``) searches its working directory first: started in an empty
@@ -105,7 +105,7 @@ def warm_start(job: JobConfig) -> Iterator[None]:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SERVER_BLOCKED_SIGNALS)
         try:
             if fork_here:
-                _fork_server(preload_modules(job))
+                _fork_server(preload)
             else:
                 forkserver.ensure_running()  # returns at once: the server imports while the launcher works
         finally:
@@ -146,7 +146,7 @@ def _server_may_be_forked() -> bool:
     has imported torch, the import the server would otherwise repeat."""
     server_fields = ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid")
     if not (_fork_allowed
-            and not any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES)
+            and not has_gpu_device_nodes()
             and list(inspect.signature(forkserver.main).parameters)
             == ["listener_fd", "alive_r", "preload", "main_path", "sys_path"]
             and all(hasattr(forkserver._forkserver, name) for name in server_fields)):
