@@ -142,14 +142,18 @@ def checked(check: Check | None, kind: Any) -> Rule:
         return BOOLEAN
     if check.choices:
         return choice(*check.choices, normalise=str if kind is str else None)
+    # The words are the launcher's; the range and the pattern are the check's own predicate, the
+    # one the trainer applies to a config it is given by hand.
     if check.pattern is not None:
-        return matching(check.pattern, check.what or "a string")
+        return Rule(check.what or "a string", lambda value: isinstance(value, str) and check.accepts(value))
     if kind is int:
-        return integer(check.low, check.high, what=check.what or "an integer")
+        words = integer(check.low, check.high, what=check.what or "an integer").allowed
+        return Rule(words, lambda value: is_int(value) and check.accepts(value))
     if kind is float:
         if check.low is None:
             return FINITE
-        return number(check.low, check.high, exclusive=check.exclusive, what=check.what or "a number")
+        words = number(check.low, check.high, exclusive=check.exclusive, what=check.what or "a number").allowed
+        return Rule(words, lambda value: is_number(value) and check.accepts(value))
     if kind is str:
         return Rule("a string", lambda value: isinstance(value, str))
     raise TypeError(f"no rule for a field of type {kind} with {check}: give its check a Rule")

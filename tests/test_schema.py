@@ -251,6 +251,10 @@ def test_a_key_the_run_config_lacks_is_its_default_and_a_wrong_type_is_refused()
     ("trainer", "matmul_precision", "fp9"),
     ("trainer.early_stop", "patience", "x"),
     ("data", "worker_start_method", "thread"),
+    ("trainer", "epochs", 0),
+    ("trainer", "compile", "yes"),
+    ("trainer.early_stop", "monitor", "loss"),
+    ("data", "prepare_timeout", float("nan")),
 ])
 def test_the_trainer_run_by_hand_refuses_an_edited_config_in_one_line(tmp_path, capsys, block, key, value):
     """``python -m trainer RUN_DIR/config.yaml`` by hand (e.g. as the rank under a user's own
@@ -263,5 +267,5 @@ def test_the_trainer_run_by_hand_refuses_an_edited_config_in_one_line(tmp_path, 
     path.write_text(OmegaConf.to_yaml(cfg))
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: invalid config {path}: {block}.{key}='{value}': "), err
+    assert err.startswith(f"error: invalid config {path}: {block}.{key}={value!r}: "), err
     assert err.count("\n") == 1, err

@@ -356,3 +356,57 @@ def test_shipped_targets_are_the_ones_in_conf():
                for match in re.findall(r"_target_:\s*([\w.]+)", path.read_text())}
     in_conf -= {name for name in in_conf if name.startswith(("launcher.", "hydra_plugins."))}  # Hydra's callbacks, our plugin
     assert in_conf == set(SHIPPED_TARGETS)
+
+
+def trainer_keys() -> set[str]:
+    """The keys of the blocks the trainer reads as typed objects (``trainer.train.Options``)."""
+    from launcher.rules import schema_rules
+    from trainer.options import DataLoaderOptions, SaveOptions, TrainerOptions
+
+    return {key for cls, block in ((TrainerOptions, "trainer"), (SaveOptions, "save"), (DataLoaderOptions, "data"))
+            for key in schema_rules(cls, f"{block}.")}
+
+
+# Refusals that need what only the launcher sees: the machine, another key, the value unresolved.
+NEEDS_THE_LAUNCHER = ("needs CUDA", "one of this run's metrics", "cannot be resolved", "<missing>",
+                      "trainer.mode=eval needs")
+BY_HAND = [(overrides, key) for overrides, key, says in REJECTED
+           if key in trainer_keys() and override_key(overrides[-1]) == key
+           and not any(reason in says for reason in NEEDS_THE_LAUNCHER)]
+
+
+@pytest.mark.parametrize(("overrides", "key"), BY_HAND, ids=[" ".join(o) for o, _ in BY_HAND])
+def test_the_trainer_by_hand_refuses_what_the_launcher_refuses(overrides, key):
+    """``python -m trainer RUN_DIR/config.yaml`` on a file nobody checked (edited by hand, or
+    written by a user's own tooling): every value of the trainer's own blocks that the launcher
+    refuses by type, range or choice, the trainer refuses too, naming the key, before it starts."""
+    from omegaconf import OmegaConf
+
+    from trainer.train import InvalidOptions, Options
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
+        cfg = OmegaConf.create(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
+    with pytest.raises(InvalidOptions) as refused:
+        Options.from_config(cfg)
+    assert str(refused.value).startswith(f"{key}="), str(refused.value)
+
+
+def test_the_trainer_by_hand_covers_every_range_of_its_schema():
+    """Each ranged or patterned key of the trainer's blocks has a case in ``BY_HAND``."""
+    from dataclasses import fields, is_dataclass
+
+    from trainer.options import Check, DataLoaderOptions, SaveOptions, TrainerOptions
+
+    def checked_keys(cls: type, prefix: str) -> Iterator[str]:
+        for item in fields(cls):
+            if is_dataclass(item.type) or item.metadata.get("check") is None:
+                nested = item.default_factory() if is_dataclass(item.default_factory) else None  # type: ignore[misc]
+                if nested is not None:
+                    yield from checked_keys(type(nested), f"{prefix}{item.name}.")
+            elif isinstance(item.metadata["check"], Check):
+                yield prefix + item.name
+
+    ranged = {key for cls, block in ((TrainerOptions, "trainer"), (SaveOptions, "save"), (DataLoaderOptions, "data"))
+              for key in checked_keys(cls, f"{block}.")}
+    assert ranged, "no checked keys found"
+    assert sorted(ranged - {key for _, key in BY_HAND}) == []

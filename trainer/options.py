@@ -11,7 +11,9 @@ choices or a pattern). The launcher derives its rules and error messages from th
 classes' arguments and have no schema here.
 """
 
-from dataclasses import dataclass, field
+import math
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -28,6 +30,49 @@ class Check:
     choices: tuple[Any, ...] = ()
     pattern: str | None = None
     what: str | None = None
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value``, already of its field's type, is within the check. A bounded number
+        must be finite: nan and inf are no count, size or rate."""
+        if self.choices:
+            return any(type(value) is type(allowed) and value == allowed for allowed in self.choices)
+        if self.pattern is not None:
+            return isinstance(value, str) and re.fullmatch(self.pattern, value) is not None
+        if self.low is None and self.high is None:
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.exclusive else value >= self.low)
+        below = self.high is None or (value < self.high if self.exclusive else value <= self.high)
+        return above and below
+
+    def allowed(self) -> str:
+        """The check in words, for the trainer's own error message (the launcher words its own)."""
+        if self.choices:
+            return ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
+                             for c in self.choices)
+        if self.pattern is not None:
+            return self.what or f"a string matching {self.pattern}"
+        bounds = [f"{'>' if self.exclusive else '>='} {self.low:g}"] if self.low is not None else []
+        bounds += [f"{'<' if self.exclusive else '<='} {self.high:g}"] if self.high is not None else []
+        return " ".join(filter(None, (self.what, " and ".join(bounds)))) or "any value"
+
+
+def refusals(options: Any, prefix: str) -> list[str]:
+    """``KEY=VALUE: allowed: ...`` for every field of the dataclass instance ``options`` (nested
+    blocks too) whose value its ``check`` refuses; None passes (the type said whether it may be).
+    Where the launcher started the job these are empty: it checked every key before a rank started;
+    they matter for ``python -m trainer`` on a hand-edited file."""
+    found: list[str] = []
+    for item in fields(options):
+        value = getattr(options, item.name)
+        if is_dataclass(value):
+            found += refusals(value, f"{prefix}{item.name}.")
+            continue
+        check = item.metadata.get("check")
+        if isinstance(check, Check) and value is not None and not check.accepts(value):
+            found.append(f"{prefix}{item.name}={value!r}: allowed: {check.allowed()}")
+    return found
 
 
 def option(default: Any, doc: str, check: object = None) -> Any:

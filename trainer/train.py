@@ -54,7 +54,7 @@ from trainer.improvement import Improvement
 from trainer.logs import setup_logging
 from trainer.models import freeze, keep_eval_mode, trainable
 from trainer.monitor import Monitor, SilentMonitor
-from trainer.options import DataLoaderOptions, SaveOptions, TrainerMode, TrainerOptions
+from trainer.options import DataLoaderOptions, SaveOptions, TrainerMode, TrainerOptions, refusals
 from trainer.precision import MixedPrecision
 from trainer.preemption import (
     REQUEUED_EXIT_CODE,
@@ -73,9 +73,9 @@ Schema = TypeVar("Schema")
 
 
 class InvalidOptions(ValueError):
-    """A value of the trainer's own blocks that their schema refuses: seen only where a config
-    reaches the trainer without the launcher's check (``python -m trainer`` by hand, on an edited
-    file); the launcher checks every key, ranges included, before a rank starts."""
+    """A value of the trainer's own blocks that their schema refuses (its type, range or choices):
+    seen only where a config reaches the trainer without the launcher's check (``python -m
+    trainer`` by hand, on an edited file); the launcher checks every key before a rank starts."""
 
 
 def typed(schema: type[Schema], cfg: DictConfig, block: str) -> Schema:
@@ -86,6 +86,10 @@ def typed(schema: type[Schema], cfg: DictConfig, block: str) -> Schema:
     resolved = OmegaConf.to_container(cfg[block], resolve=True)  # interpolations against the whole config
     assert isinstance(resolved, dict)
     values = {name: value for name, value in resolved.items() if name in names}
+    for item in fields(schema):  # type: ignore[arg-type]
+        # OmegaConf would read "yes", "on" or 1 as true; the launcher refuses them, so does this.
+        if item.type is bool and not isinstance(values.get(item.name, False), bool):
+            raise InvalidOptions(f"{block}.{item.name}={values[item.name]!r}: allowed: true, false")
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))  # type: ignore[return-value]
     except ValidationError as refused:
@@ -107,8 +111,12 @@ class Options:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Options:
-        return cls(typed(TrainerOptions, cfg, "trainer"), typed(SaveOptions, cfg, "save"),
-                   typed(DataLoaderOptions, cfg, "data"))
+        options = cls(typed(TrainerOptions, cfg, "trainer"), typed(SaveOptions, cfg, "save"),
+                      typed(DataLoaderOptions, cfg, "data"))
+        refused = [text for name in ("trainer", "save", "data") for text in refusals(getattr(options, name), f"{name}.")]
+        if refused:
+            raise InvalidOptions("; ".join(refused))
+        return options
 
 
 @dataclass
