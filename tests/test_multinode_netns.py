@@ -250,7 +250,7 @@ def test_cut_link_fails_every_rank_within_the_collective_timeout(launcher, tmp_p
 
 def test_restart_resumes_from_the_checkpoint_and_matches_an_uninterrupted_run(launcher, tmp_path, cluster):
     small = ["data.dataset.num_samples=2048", "trainer.epochs=3", "save.every_steps=4",
-             "model._target_=tests.plugins.FaultyMLP", "init_timeout=60"]
+             "model._target_=tests.plugins.FaultyMLP", "init_timeout=60", "trainer.curves=false"]
     fault = ["+model.fault_step=20", "+model.rank=1", f"+model.marker={tmp_path / 'faulted'}"]
     per_node = node_overrides("torchrun", *small, *fault, "launcher.max_restarts=1")
     results = run_nodes(launcher, tmp_path, per_node, prefix=in_namespace(cluster), timeout_s=150)

@@ -73,13 +73,13 @@ def test_resume_after_kill_gives_identical_weights(launcher, tmp_path, uninterru
 
 
 def test_resume_auto_without_checkpoint_starts_fresh(launcher):
-    launch = launcher.run("data.dataset.num_samples=512", "trainer.epochs=1", "resume=auto")
+    launch = launcher.run("data.dataset.num_samples=512", "trainer.epochs=1", "trainer.curves=false", "resume=auto")
     assert_ok(launch)
     assert "resumed" not in launch.stderr and launch.summary()["global_step"] > 0
 
 
 def test_checkpoint_holds_what_resume_needs_and_loads_safely(launcher):
-    launch = launcher.run("data.dataset.num_samples=512", "trainer.epochs=1")
+    launch = launcher.run("data.dataset.num_samples=512", "trainer.epochs=1", "trainer.curves=false")
     assert_ok(launch)
     state = torch.load(launch.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert set(state) >= {"model", "optimizer", "scheduler", "progress", "rng", "world_size"}

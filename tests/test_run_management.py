@@ -19,7 +19,7 @@ def records(run_dir):
 
 
 def test_keep_last_best_and_early_stop(launcher):
-    launch = launcher.run("gpus=3", "trainer.epochs=12", "data.dataset.num_samples=3000",
+    launch = launcher.run("gpus=3", "trainer.epochs=12", "data.dataset.num_samples=3000", "trainer.curves=false",
                           "save.every_steps=7", "save.keep_last=3", "save.best.monitor=val_acc",
                           "trainer.early_stop.monitor=val_loss", "trainer.early_stop.patience=2",
                           "optim.lr=0.5")  # a high lr: the validation loss turns up early
@@ -70,7 +70,7 @@ BATCHNORM_MODEL = textwrap.dedent('''
 def test_freeze_keeps_weights_and_normalisation_statistics(launcher):
     (launcher.workdir / "finetune.py").write_text(BATCHNORM_MODEL)
     model = ["model=finetune.Tower", "+model.in_features=auto", "+model.num_classes=auto",
-             "data.dataset.num_samples=1024", "save.keep_last=2", "trainer.epochs=2"]
+             "data.dataset.num_samples=1024", "save.keep_last=2", "trainer.epochs=2", "trainer.curves=false"]
     dry = launcher.run(*model, "+model.freeze=[stem]", "dry_run=true")
     assert dry.returncode == 0, dry.stderr
     assert "model=finetune.Tower(in_features='auto', num_classes='auto') freeze=['stem']" in dry.stdout

@@ -175,7 +175,7 @@ def console_script() -> str:
 def test_user_files_named_trainer_and_launcher_do_not_shadow_ours(launcher, tmp_path, mode):
     shadowing_files(tmp_path)
     # ddp-launch: `python -m launcher` itself would run ./launcher.py, as Python always does.
-    launch = launcher.run(f"launcher={mode}", "data.dataset.num_samples=512", "trainer.epochs=1",
+    launch = launcher.run(f"launcher={mode}", "data.dataset.num_samples=512", "trainer.epochs=1", "trainer.curves=false",
                           "model._target_=mypkg.Net", entry=[console_script()])
     assert_ok(launch)
     assert launch.summary()["global_step"] > 0
@@ -185,7 +185,7 @@ def test_user_files_named_trainer_and_launcher_do_not_shadow_ours(launcher, tmp_
 def test_trainer_py_in_the_working_directory_with_python_m_launcher(launcher, tmp_path):
     (tmp_path / "trainer").mkdir()
     (tmp_path / "trainer" / "__init__.py").write_text("raise SystemExit('the user trainer/ was imported')\n")
-    launch = launcher.run("launcher=mp_spawn", "data.dataset.num_samples=512", "trainer.epochs=1")
+    launch = launcher.run("launcher=mp_spawn", "data.dataset.num_samples=512", "trainer.epochs=1", "trainer.curves=false")
     assert_ok(launch)
 
 
@@ -215,7 +215,7 @@ def test_script_imports_its_own_siblings_first(launcher, tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_trainer_logs_are_not_prefixed_twice(launcher, mode):
-    launch = launcher.run(f"launcher={mode}", "data.dataset.num_samples=512", "trainer.epochs=1")
+    launch = launcher.run(f"launcher={mode}", "data.dataset.num_samples=512", "trainer.epochs=1", "trainer.curves=false")
     assert_ok(launch)
     assert not [line for line in launch.stderr.splitlines() if line.startswith("[rank 0] [rank 0]")]
     log = (launch.run_dir / "logs" / "rank_0.log").read_text()

@@ -231,7 +231,7 @@ def test_configuration_values_in_the_script_are_never_run(slurm):
                                                   ("train_torchrun.sbatch", [])])
 def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, launcher, tmp_path,
                                                                                 template, layout):
-    small = ["data.dataset.num_samples=4096", "trainer.epochs=12", "save.every_epochs=0"]
+    small = ["data.dataset.num_samples=4096", "trainer.epochs=12", "save.every_epochs=0", "trainer.curves=false"]
     job = slurm.sbatch("-N", "2", *layout, str(REPO / "slurm" / template), "gpus=2", *small)
     run_dir = slurm.run_dir(job)
     metrics = run_dir / "metrics.jsonl"
@@ -259,7 +259,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_to_the_same_weights(
 def test_submitit_time_limit_signal_requeues_and_resumes(slurm, launcher, tmp_path):
     """launcher=slurm: submitit asks for USR2 before the time limit; the ranks, not submitit,
     checkpoint and requeue, and the requeued job resumes to the same weights."""
-    small = ["data.dataset.num_samples=4096", "trainer.epochs=12", "save.every_epochs=0"]
+    small = ["data.dataset.num_samples=4096", "trainer.epochs=12", "save.every_epochs=0", "trainer.curves=false"]
     done = slurm.launcher("nodes=2", "gpus=2", "slurm.time=10", *small, timeout_s=60)
     assert done.returncode == 0, done.stderr
     (job,) = slurm.jobs

@@ -96,7 +96,7 @@ USER_PACKAGE = textwrap.dedent('''
 ''')
 
 CLASSIFIER = ["model=mypkg.Classifier", "+model.inputs=12", "+model.classes=4", "data=mypkg.Blobs",
-              "data.batch_size=16"]
+              "data.batch_size=16", "trainer.curves=false"]
 
 
 @pytest.fixture
@@ -138,7 +138,8 @@ def test_regression_with_another_loss_and_no_metrics(user_package):
 
 
 def test_dict_batches_through_a_task_and_a_model_that_returns_its_loss(user_package):
-    common = ["+model.inputs=12", "+model.classes=4", "data=mypkg.records", "trainer.epochs=2", "gpus=2"]
+    common = ["+model.inputs=12", "+model.classes=4", "data=mypkg.records", "trainer.epochs=2", "gpus=2",
+              "trainer.curves=false"]
     stepped = user_package.run("model=mypkg.Classifier", "task=mypkg.step", *common,
                                run_dir=user_package.workdir / "task")
     assert_ok(stepped)
@@ -169,7 +170,7 @@ def test_a_metric_over_three_ranks_is_exactly_the_single_process_value(user_pack
 def test_kill_and_resume_with_a_user_task_is_exact(user_package, tmp_path):
     common = ["model=tests.plugins.FaultyMLP", "+model.in_features=12", "+model.num_classes=4",
               "data=mypkg.records", "task=mypkg.step", "trainer.epochs=2", "save.every_steps=2",
-              "launcher=mp_spawn", "data.batch_size=32"]
+              "launcher=mp_spawn", "data.batch_size=32", "trainer.curves=false"]
     reference = user_package.run(*common, run_dir=tmp_path / "reference")
     assert_ok(reference)
     run_dir, marker = tmp_path / "interrupted", tmp_path / "fault_marker"
