@@ -21,7 +21,7 @@ from typing import Any
 
 from launcher.config import MODULE_NAME, split_endpoint
 from launcher.errors import ConfigError
-from trainer.options import NON_BLANK, NON_EMPTY, Check
+from trainer.options import NON_BLANK, NON_EMPTY, Check, shown
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,6 @@ def is_int(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """Finite: nan and inf are no count of seconds, no rate and no size."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _shown(value: Any) -> str:
-    """A choice as it is typed on the command line."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else str(value).lower()
-    return str(value)
 
 
 def integer(low: float | None = None, high: float | None = None, what: str = "an integer") -> Rule:
@@ -89,7 +82,7 @@ def choice(*values: Any, normalise: Callable[[Any], Any] | None = None) -> Rule:
             return not isinstance(value, bool) and normalise(value) in values
         return any(type(value) is type(allowed) and value == allowed for allowed in values)
 
-    return Rule(", ".join(_shown(value) for value in values), accepts)
+    return Rule(", ".join(shown(value) for value in values), accepts)
 
 
 def listof(item: Rule, items: str) -> Rule:

@@ -49,13 +49,19 @@ class Check:
     def allowed(self) -> str:
         """The check in words, for the trainer's own error message (the launcher words its own)."""
         if self.choices:
-            return ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
-                             for c in self.choices)
+            return ", ".join(shown(choice) for choice in self.choices)
         if self.pattern is not None:
             return self.what or f"a string matching {self.pattern}"
         bounds = [f"{'>' if self.exclusive else '>='} {self.low:g}"] if self.low is not None else []
         bounds += [f"{'<' if self.exclusive else '<='} {self.high:g}"] if self.high is not None else []
         return " ".join(filter(None, (self.what, " and ".join(bounds)))) or "any value"
+
+
+def shown(value: Any) -> str:
+    """A value as it is typed on the command line or in YAML: null, true, 32."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return str(value)
 
 
 def refusals(options: Any, prefix: str) -> list[str]:
