@@ -113,7 +113,7 @@ class Options:
     def from_config(cls, cfg: DictConfig) -> Options:
         options = cls(typed(TrainerOptions, cfg, "trainer"), typed(SaveOptions, cfg, "save"),
                       typed(DataLoaderOptions, cfg, "data"))
-        refused = [text for name in ("trainer", "save", "data") for text in refusals(getattr(options, name), f"{name}.")]
+        refused = refusals(options, "")  # each block by its dotted keys (trainer.epochs)
         if refused:
             raise InvalidOptions("; ".join(refused))
         return options
