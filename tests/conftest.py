@@ -264,3 +264,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             group = item.module.__name__ if item.module else None
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _config_files_read_once() -> Iterator[None]:
+    """In-process composes (the fast tier's few hundred) parse each config file once."""
+    from tests.composing import reading_each_config_file_once
+
+    with reading_each_config_file_once():
+        yield

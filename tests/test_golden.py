@@ -40,7 +40,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from launcher import app
@@ -48,6 +47,7 @@ from launcher.__main__ import CONFIG_DIR
 from launcher.cli import parse_command_line
 from launcher.modes import mp_spawn
 from launcher.network import free_port
+from tests.composing import composed
 from tests.conftest import REPO
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -126,9 +126,7 @@ def printed_in_process(case: Case, monkeypatch: pytest.MonkeyPatch) -> str:
     # A fresh launcher process runs no fork server before a dry run (this test process may).
     monkeypatch.setattr(mp_spawn, "fork_server_pid", lambda: None)
     overrides = parse_command_line(case.argv, config_dir=CONFIG_DIR).hydra_args
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
-        cfg = compose("config", overrides=[f"hydra.run.dir={case.run_dir}", *overrides],
-                      return_hydra_config=True)
+    cfg = composed(f"hydra.run.dir={case.run_dir}", *overrides)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after
     HydraConfig.instance().set_config(cfg)  # as Hydra sets it; SubmitPlan reads the overrides there
     launch = app.load_checked(cfg, case.run_dir)

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from tests.composing import composed
 from trainer import train as trainer_train
 from trainer.logs import LOGGER_NAME
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # The Tensor methods through which Python reads a tensor's values on the host.
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 STEPS, LOG_EVERY, BATCH = 40, 10, 64
@@ -42,13 +41,11 @@ def free_port() -> int:
 def config(tmp_path: Path, *overrides: str) -> DictConfig:
     """The shipped config for one rank on gloo: ``STEPS`` optimizer steps in one epoch."""
     train_samples = STEPS * BATCH
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=[
-            "backend=gloo", f"data.root={tmp_path / 'data'}", f"data.batch_size={BATCH}",
-            f"data.dataset.num_samples={train_samples * 5 // 4}",  # 20 % held out
-            "trainer.epochs=1", f"trainer.log_every_steps={LOG_EVERY}", "trainer.progress_bar=false",
-            *overrides,
-        ])
+    cfg = composed(
+        "backend=gloo", f"data.root={tmp_path / 'data'}", f"data.batch_size={BATCH}",
+        f"data.dataset.num_samples={train_samples * 5 // 4}",  # 20 % held out
+        "trainer.epochs=1", f"trainer.log_every_steps={LOG_EVERY}", "trainer.progress_bar=false",
+        *overrides, hydra=False)
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "run")
     return cfg

@@ -24,7 +24,8 @@ from launcher.slurm.submit import plan_submission
 from launcher.slurm.task import SlurmTask
 from launcher.slurm.watch import wait_for
 from launcher.validation import check_config
-from tests.test_submit_safety import NO_SLURM, composed, only_error_line
+from tests.composing import composed
+from tests.test_submit_safety import NO_SLURM, only_error_line
 
 # --- 3. host lists ------------------------------------------------------------------------------
 
@@ -77,7 +78,7 @@ def test_a_host_list_that_cannot_be_expanded_is_an_error_not_a_host(hostlist):
     (("backend=gloo", "slurm.gpus_per_node=1"), 1),
 ], ids=["auto", "nccl", "gloo", "zero", "explicit", "gloo-explicit"])
 def test_launcher_slurm_asks_for_gpus_per_node(tmp_path, overrides, expected):
-    cfg = composed("launcher=slurm", "nodes=2", "gpus=4", *overrides)
+    cfg = composed("launcher=slurm", "nodes=2", "gpus=4", "slurm.cpus_per_task=1", *overrides)  # no sinfo
     assert plan_submission(cfg, tmp_path / "run").gpus_per_node == expected
 
 

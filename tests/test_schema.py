@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from launcher.__main__ import CONFIG_DIR
 from launcher.rules import schema_rules
 from launcher.schema import LAUNCH_MODES, Config
 from launcher.validation import IF_SET, KEYS
+from tests.composing import composed
 from trainer.improvement import Improvement
 from trainer.options import (
     Best,
@@ -209,8 +209,7 @@ def test_every_derived_key_has_a_case():
 
 def resolved(*overrides: str) -> DictConfig:
     """The run's config as the trainer reads it: composed, every interpolation resolved."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
-        cfg = compose("config", overrides=list(overrides))
+    cfg = composed(*overrides, hydra=False)
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 

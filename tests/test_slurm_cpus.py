@@ -17,9 +17,10 @@ from omegaconf import OmegaConf
 from launcher.slurm import cpus
 from launcher.slurm.cpus import cpus_per_task_for, parse_sinfo, resolve_cpus_per_task
 from launcher.slurm.submit import plan_submission
+from tests.composing import composed
 from tests.test_real_clusters import fake_tools
 from tests.test_slurm import jobs_named, run_launcher_in, slurm, slurm_cluster  # noqa: F401 (fixtures)
-from tests.test_submit_safety import composed, config
+from tests.test_submit_safety import config
 
 FALLBACK_WORDS = "asking for 1 CPU per task (set slurm.cpus_per_task=N)"
 

@@ -21,31 +21,19 @@ from hydra.types import HydraContext
 
 from launcher.report import REPORT_NAME
 from launcher.slurm.sweep import SubmitAndExitSlurmLauncher
-from tests.conftest import REPO, TINY, wait_for
+from tests.composing import composed
+from tests.conftest import TINY, wait_for
 from tests.test_slurm import CPU_ONLY, JOB_TIMEOUT_S, TERMINAL, slurm, slurm_cluster  # noqa: F401 (fixtures)
-from tests.test_submit_safety import composed
 
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-
-
-def composed_multirun(*overrides: str):
-    """The config as ``python -m launcher -m OVERRIDES`` composes it (sweeps allowed)."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3", job_name="launcher"):
-        hydra = GlobalHydra.instance().hydra
-        assert hydra is not None
-        return hydra.compose_config("config", list(overrides), run_mode=RunMode.MULTIRUN)
 
 
 def sweep_config(tmp_path: Path, *overrides: str):
     """A sweep for in-process checks: CPUs per task given, so nothing asks a cluster (``auto``
     would run ``sinfo``, and without a cluster warn after its 5 s timeout)."""
-    return composed_multirun("hydra/launcher=slurm_submit", "nodes=2", "gpus=1", CPU_ONLY,
+    return composed("hydra/launcher=slurm_submit", "nodes=2", "gpus=1", CPU_ONLY,
                              f"hydra.sweep.dir={tmp_path / 'sweep'}", "slurm.partition=debug",
-                             "slurm.cpus_per_task=1", *overrides)
+                             "slurm.cpus_per_task=1", *overrides, multirun=True)
 
 
 @pytest.fixture

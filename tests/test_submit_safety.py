@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from launcher.errors import ConfigError
 from launcher.slurm.submit import plan_submission, sbatch_script, submission_from_config
+from tests.composing import composed
 from tests.conftest import REPO, Launcher
 
 # The venv's bin: python and the launcher's own tools, but no sbatch, srun or squeue.
@@ -48,7 +49,8 @@ def test_values_and_run_dir_reach_the_script_only_as_data(tmp_path):
     run_dir = tmp_path / f"it's [a] $(touch {pwned}) ; touch {pwned}"
     plan = plan_submission(config(job_name=hostile, partition=hostile, account=hostile, qos=hostile,
                                   constraint=hostile, extra={"comment": hostile, "mail-type": "END",
-                                                             "exclusive": True}), run_dir)
+                                                             "exclusive": True},
+                                  cpus_per_task=1), run_dir)  # a number: no sinfo asked
     script = sbatch_script(plan.folder, plan.parameters())
     options = {}
     for line in parameter_lines(script):
@@ -108,13 +110,6 @@ def test_a_run_dir_that_cannot_be_passed_on_is_refused(tmp_path, name):
     assert refused.value.key == "hydra.run.dir"
 
 
-def composed(*overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
-
-
 @pytest.fixture
 def refusing_sbatch(tmp_path, monkeypatch) -> Path:
     """``srun`` and an ``sbatch`` that keeps the script it is given and refuses it; returns where
@@ -136,6 +131,7 @@ def test_the_printed_script_is_the_submitted_one_and_needs_no_slurm_command(tmp_
     from hydra.core.hydra_config import HydraConfig
 
     cfg = composed("launcher=slurm", "nodes=2", "gpus=2", "slurm.partition=debug", "slurm.mem_gb=1.5",
+                   "slurm.cpus_per_task=1",  # a number: no sinfo asked
                    "+slurm.extra.exclusive=true", "+slurm.extra.comment='a b'")
     monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored after
     HydraConfig.instance().set_config(cfg)  # submit() reads the overrides from it
@@ -157,7 +153,7 @@ def test_the_sweep_dry_run_prints_the_script_hydras_submitit_launcher_submits(tm
     from launcher.slurm.submit import check_slurm_sweep
 
     cfg = composed("hydra/launcher=slurm", "nodes=2", "gpus=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   "slurm.partition=debug", "slurm.mem_gb=2")
+                   "slurm.partition=debug", "slurm.mem_gb=2", "slurm.cpus_per_task=1")  # no sinfo
     printed = check_slurm_sweep(cfg).describe([3])
     plugin = instantiate(cfg.hydra.launcher)
     plugin.setup(hydra_context=None, task_function=print, config=cfg)
@@ -195,7 +191,7 @@ def test_a_slurm_sweep_option_that_would_break_its_line_is_refused(tmp_path, ove
 def test_a_dry_run_plan_cannot_submit(tmp_path, monkeypatch):
     import launcher.slurm.submit as submit
 
-    plan = plan_submission(OmegaConf.merge(config(), {"dry_run": True}), tmp_path / "run")
+    plan = plan_submission(OmegaConf.merge(config(cpus_per_task=1), {"dry_run": True}), tmp_path / "run")
     monkeypatch.setattr(submit, "slurm_executor", lambda *args, **kwargs: pytest.fail("reached submitit"))
     with pytest.raises(RuntimeError, match="dry run"):
         plan.submit()

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -24,6 +23,7 @@ from launcher.cli import override_key
 from launcher.errors import ConfigError, UncheckedConfig
 from launcher.hydra_callbacks import ends_the_run_on_error
 from launcher.network import free_port
+from tests.composing import composed
 
 VISION = ["model=resnet18", "data=cifar10"]  # the MLP takes the synthetic data's feature count
 FOLDERS = ["model=resnet18", "data=image_folder", "data.num_classes=37"]
@@ -255,7 +255,7 @@ def checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
         monkeypatch.delenv(name, raising=False)
 
     def check(*overrides: str):
-        cfg = composed([f"hydra.run.dir={tmp_path / 'run'}", *overrides])
+        cfg = composed(f"hydra.run.dir={tmp_path / 'run'}", *overrides)
         HydraConfig.instance().set_config(cfg)  # for ${hydra:...}, as Hydra sets it before callbacks
         return app.load_checked(cfg, tmp_path / "run")
 
@@ -263,11 +263,6 @@ def checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     HydraConfig.instance().cfg = None
     assert not GlobalHydra.instance().is_initialized()
     assert not (tmp_path / "run").exists(), "validation created the run directory"
-
-
-def composed(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
 
 
 @pytest.mark.parametrize(("overrides", "key", "says"), REJECTED, ids=[" ".join(o) for o, _, _ in REJECTED])
@@ -317,7 +312,7 @@ def test_every_key_has_a_rejection_case():
     where they are used."""
     keys = set()
     for overrides in group_options():
-        cfg = composed(overrides)
+        cfg = composed(*overrides)
         keys.update(key for key in leaf_keys(cfg) if not key.startswith("hydra."))
     covered = {override_key(overrides[-1]) for overrides, _, _ in REJECTED} | set(ANY_VALUE)
     assert sorted(keys - covered) == []
@@ -384,8 +379,7 @@ def test_the_trainer_by_hand_refuses_what_the_launcher_refuses(overrides, key):
 
     from trainer.train import InvalidOptions, Options
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="launcher"):
-        cfg = OmegaConf.create(OmegaConf.to_container(compose("config", overrides=overrides), resolve=True))
+    cfg = OmegaConf.create(OmegaConf.to_container(composed(*overrides, hydra=False), resolve=True))
     with pytest.raises(InvalidOptions) as refused:
         Options.from_config(cfg)
     assert str(refused.value).startswith(f"{key}="), str(refused.value)

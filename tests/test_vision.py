@@ -10,21 +10,18 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
+from tests.composing import composed
 from tests.images import make_image_folder, write_mnist_raw
 from trainer.vision import torchvision_model
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 def config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return compose("config", overrides=list(overrides))
+    return composed(*overrides, hydra=False)
 
 
 def data_module(*overrides: str):
