@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -22,6 +20,7 @@ from launcher.launches import JobFailed, JobLaunch, prepare_run_dir
 from launcher.local_store import FILE_STORE_ENV
 from launcher.modes import get_mode
 from launcher.rank_output import LOGS_SUBDIR, log_file_name
+from launcher.scratch import scratch_directory
 from launcher.supervise import Interrupted, supervised
 from launcher.warm import warm_start
 from trainer.contract import threads_per_rank
@@ -74,12 +73,13 @@ def job_environment(job: JobConfig, error_dir: str) -> Iterator[None]:
 
 def launch_ranks(job: JobConfig) -> int:
     """Start this node's ranks and supervise them; returns the node's exit code."""
-    with tempfile.TemporaryDirectory(prefix="launcher-errors-") as error_dir, job_environment(job, error_dir):
+    with scratch_directory() as scratch, job_environment(job, str(scratch / "errors")):
+        error_dir = scratch / "errors"
         log.info("starting %d rank(s) on %s (%s, %s, local_addr %s, interface %s) in %s",
                  job.local_world_size, plan.node_place(job), job.mode.name, job.backend,
                  job.local_addr, job.socket_ifname or "as in the environment", job.run_dir)
         try:
-            with warm_start(job), supervised(job.mode.shutdown_grace_s):
+            with warm_start(job, scratch), supervised(job.mode.shutdown_grace_s):
                 exits = get_mode(job.mode.name).run(job)
         except Interrupted as stop:
             log.error("interrupted (%s): stopped every rank", stop)
@@ -87,8 +87,8 @@ def launch_ranks(job: JobConfig) -> int:
         except StartFailed as why:
             log.error("job failed to start: %s", why)
             return 1
-        failure = first_failure(Path(error_dir), exits)
-        recovered_from = recorded_failures(Path(error_dir)) if failure is None else []
+        failure = first_failure(error_dir, exits)
+        recovered_from = recorded_failures(error_dir) if failure is None else []
     if failure is None:
         if recovered_from:
             log.warning("recovered by %d restart(s) from: %s",

@@ -33,11 +33,11 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import traceback
 import weakref
 from collections.abc import Iterator
-from multiprocessing import connection, forkserver, resource_tracker, util
+from multiprocessing import connection, forkserver, process, resource_tracker, util
+from pathlib import Path
 from typing import Any, NoReturn
 
 from launcher.child import FORK_SERVER_BLOCKED_SIGNALS, forget_fork_server
@@ -51,8 +51,8 @@ START_METHODS = (WARM, "spawn")
 _PRELOAD = ("torch", "torch.distributed", "torch._dynamo", "launcher.child")
 _PRELOAD_FOR_MODE = {"torchrun": ("torch.distributed.elastic.multiprocessing.api",)}
 _PRELOAD_FOR_TRAINER = ("trainer.train",)
-# multiprocessing makes the server's socket in TMPDIR (pymp-XXXXXXXX/listener-XXXXXXXX); Linux's
-# limit for a socket's path, without its final NUL.
+# The server's socket is made in the job's scratch directory (TMPDIR/launcher-XXXXXXXX/
+# listener-XXXXXXXX); Linux's limit for a socket's path, without its final NUL.
 _MAX_SOCKET_PATH = 107
 log = logging.getLogger("launcher")
 # What a fork of this process may serve: the command-line launcher, whose state is its own.
@@ -77,44 +77,61 @@ def preload_modules(job: JobConfig) -> list[str]:
 
 
 @contextlib.contextmanager
-def warm_start(job: JobConfig) -> Iterator[None]:
+def warm_start(job: JobConfig, scratch: Path) -> Iterator[None]:
     """Run the job's ranks from a fork server started now, in the environment set for the job;
     stopped at the end so that the next job (a sweep's next point, another ``launch()``) gets a
-    server with its own environment."""
+    server with its own environment. Its socket and working directory are in the job's
+    ``scratch`` directory (`launcher.scratch`)."""
     if not starts_warm(job):
         yield
         return
     stop_server()  # one left by an earlier job in this process would hold that job's environment
-    socket_path_bytes = len(os.fsencode(os.path.join(tempfile.gettempdir(), "pymp-12345678", "listener-12345678")))
+    socket_path_bytes = len(os.fsencode(scratch / "listener-12345678"))
     if socket_path_bytes > _MAX_SOCKET_PATH:
         log.warning("TMPDIR=%s is too long for the fork server's socket (%d bytes in all, at most %d): "
                     "the ranks start as fresh interpreters; a shorter TMPDIR starts them warm",
-                    tempfile.gettempdir(), socket_path_bytes, _MAX_SOCKET_PATH)
+                    scratch.parent, socket_path_bytes, _MAX_SOCKET_PATH)
         yield
         return
     preload = preload_modules(job)
     forkserver.set_forkserver_preload(preload)
     fork_here = _server_may_be_forked()
-    with tempfile.TemporaryDirectory(prefix="launcher-warm-") as empty:
-        # The server (``python -c``) searches its working directory first: started in an empty
-        # one, a user's launcher.py or torch.py cannot replace what it preloads. Each rank then
-        # takes the launcher's working directory and sys.path, as multiprocessing prepares it.
-        here = os.getcwd()
-        os.chdir(empty)
-        resource_tracker.ensure_running()  # first: starting it unblocks SIGTERM on the way out
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SERVER_BLOCKED_SIGNALS)
-        try:
+    # The server (``python -c``) searches its working directory first: started in an empty
+    # one, a user's launcher.py or torch.py cannot replace what it preloads. Each rank then
+    # takes the launcher's working directory and sys.path, as multiprocessing prepares it.
+    here = os.getcwd()
+    os.chdir(scratch / "cwd")
+    resource_tracker.ensure_running()  # first: starting it unblocks SIGTERM on the way out
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SERVER_BLOCKED_SIGNALS)
+    try:
+        with _multiprocessing_temp_dir(scratch):  # the server's socket: not in a pymp-* of its own
             if fork_here:
                 _fork_server(preload)
             else:
                 forkserver.ensure_running()  # returns at once: the server imports while the launcher works
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            os.chdir(here)
-        try:
-            yield
-        finally:
-            stop_server()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.chdir(here)
+    try:
+        yield
+    finally:
+        stop_server()
+
+
+@contextlib.contextmanager
+def _multiprocessing_temp_dir(directory: Path) -> Iterator[None]:
+    """Where multiprocessing makes its sockets while inside (a private field, which
+    ``multiprocessing.util.get_temp_dir`` reads before making a ``pymp-*`` directory)."""
+    config: dict[str, Any] = process.current_process()._config  # type: ignore[attr-defined]
+    before = config.get("tempdir")
+    config["tempdir"] = str(directory)
+    try:
+        yield
+    finally:
+        if before is None:
+            config.pop("tempdir", None)
+        else:
+            config["tempdir"] = before
 
 
 def stop_server() -> None:

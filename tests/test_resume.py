@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import assert_ok, run_for_module, wait_for_no_leftovers
+from tests.conftest import assert_no_litter, assert_ok, run_for_module, wait_for_no_leftovers
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -88,14 +88,19 @@ def test_checkpoint_holds_what_resume_needs_and_loads_safely(launcher):
     assert not list((launch.run_dir / "checkpoints").glob(".*tmp")), "temporary file left behind"
 
 
-def test_resume_with_another_world_size_restarts_the_epoch(launcher, tmp_path):
+def test_resume_with_another_world_size_restarts_the_epoch(launcher, tmp_path, short_tmpdir):
+    """Also: the killed launcher's scratch directory (`launcher.scratch`) is removed by the next."""
     run_dir, marker = tmp_path / "run", tmp_path / "fault_marker"
     common = [*SMALL, "trainer.epochs=1", "save.every_steps=3", "+model.fault_step=5",
               "+model.action=kill_job", f"+model.marker={marker}"]
-    assert launcher.run(*common, "gpus=2", run_dir=run_dir).returncode == -9
+    own_tmpdir = {"TMPDIR": str(short_tmpdir)}
+    assert launcher.run(*common, "gpus=2", run_dir=run_dir, env=own_tmpdir).returncode == -9
     wait_for_no_leftovers(launcher.job_ids[-1], timeout_s=15)
-    resumed = launcher.run(*common, "gpus=1", "resume=auto", run_dir=run_dir)
+    left = sorted(path.name for path in short_tmpdir.iterdir() if not path.name.startswith("torchinductor_"))
+    assert len(left) == 1 and left[0].startswith("launcher-"), left
+    resumed = launcher.run(*common, "gpus=1", "resume=auto", run_dir=run_dir, env=own_tmpdir)
     assert_ok(resumed)
+    assert_no_litter(short_tmpdir)
     assert "checkpoint from world size 2, now 1" in resumed.stderr
     assert "epoch 0 restarts from its beginning" in resumed.stderr
     # 3 steps at world size 2, then the whole epoch at world size 1: 1638 samples / 64 = 26 steps.
