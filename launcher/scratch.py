@@ -2,9 +2,11 @@
 
 A job needs a few files only while it runs: the ranks' error reports and the file store
 (``errors/``), an empty working directory for the fork server (``cwd/``), and multiprocessing's
-socket for it. A launcher removes them when the job ends, but one killed with SIGKILL (by the OOM
+sockets: the fork server's, and those of the ranks and their DataLoader workers (a worker passing
+a batch to its rank by file descriptor, torch's default, listens on one). A launcher removes them
+when the job ends, but a job stopped by a signal or a launcher killed with SIGKILL (by the OOM
 killer, a scheduler, a user) cannot, and they used to pile up in TMPDIR as ``launcher-errors-*``,
-``launcher-warm-*`` and ``pymp-*``, three per killed launcher.
+``launcher-warm-*`` and ``pymp-*``: three per killed launcher, and one per DataLoader worker.
 
 So they live in one directory, ``launcher-XXXXXXXX``, whose ``.lock`` the launcher holds with
 ``flock`` (and so do the processes forked from it: a fork server forked from the launcher, and its
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import multiprocessing.process
 import os
 import shutil
 import tempfile
@@ -57,7 +60,8 @@ def remove_abandoned(parent: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def scratch_directory() -> Iterator[Path]:
-    """A new scratch directory with ``errors/`` and ``cwd/``, locked until it is removed at the end."""
+    """A new scratch directory with ``errors/`` and ``cwd/``, locked until it is removed at the end;
+    meanwhile multiprocessing makes its sockets there."""
     parent = Path(tempfile.gettempdir())
     removed = remove_abandoned(parent)
     if removed:
@@ -76,7 +80,25 @@ def scratch_directory() -> Iterator[Path]:
     try:
         (directory / "errors").mkdir()
         (directory / "cwd").mkdir()
-        yield directory
+        with _multiprocessing_temp_dir(directory):
+            yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         os.close(lock)
+
+
+@contextlib.contextmanager
+def _multiprocessing_temp_dir(directory: Path) -> Iterator[None]:
+    """Where multiprocessing makes its sockets while inside, in this process and in the processes
+    it starts meanwhile (which copy the setting): a private field, which
+    ``multiprocessing.util.get_temp_dir`` reads before it makes a ``pymp-*`` directory."""
+    config: dict[str, object] = multiprocessing.process.current_process()._config  # type: ignore[attr-defined]
+    before = config.get("tempdir")
+    config["tempdir"] = str(directory)
+    try:
+        yield
+    finally:
+        if before is None:
+            config.pop("tempdir", None)
+        else:
+            config["tempdir"] = before

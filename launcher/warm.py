@@ -36,7 +36,7 @@ import sys
 import traceback
 import weakref
 from collections.abc import Iterator
-from multiprocessing import connection, forkserver, process, resource_tracker, util
+from multiprocessing import connection, forkserver, resource_tracker, util
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -104,11 +104,10 @@ def warm_start(job: JobConfig, scratch: Path) -> Iterator[None]:
     resource_tracker.ensure_running()  # first: starting it unblocks SIGTERM on the way out
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SERVER_BLOCKED_SIGNALS)
     try:
-        with _multiprocessing_temp_dir(scratch):  # the server's socket: not in a pymp-* of its own
-            if fork_here:
-                _fork_server(preload)
-            else:
-                forkserver.ensure_running()  # returns at once: the server imports while the launcher works
+        if fork_here:
+            _fork_server(preload)
+        else:
+            forkserver.ensure_running()  # returns at once: the server imports while the launcher works
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.chdir(here)
@@ -117,21 +116,6 @@ def warm_start(job: JobConfig, scratch: Path) -> Iterator[None]:
     finally:
         stop_server()
 
-
-@contextlib.contextmanager
-def _multiprocessing_temp_dir(directory: Path) -> Iterator[None]:
-    """Where multiprocessing makes its sockets while inside (a private field, which
-    ``multiprocessing.util.get_temp_dir`` reads before making a ``pymp-*`` directory)."""
-    config: dict[str, Any] = process.current_process()._config  # type: ignore[attr-defined]
-    before = config.get("tempdir")
-    config["tempdir"] = str(directory)
-    try:
-        yield
-    finally:
-        if before is None:
-            config.pop("tempdir", None)
-        else:
-            config["tempdir"] = before
 
 
 def stop_server() -> None:

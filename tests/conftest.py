@@ -133,13 +133,13 @@ class Launcher:
             raise AssertionError(f"launcher did not finish within {timeout_s}s:\n{hung.stderr}") from hung
         return Launch(proc.returncode, proc.stdout, proc.stderr, run_dir, time.monotonic() - start)
 
-    def start(self, *overrides: str, run_dir: Path | None = None,
-              prefix: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
+    def start(self, *overrides: str, run_dir: Path | None = None, prefix: Sequence[str] = (),
+              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
         """Start in the background (own session, so a test can signal it like a terminal would)."""
         run_dir = run_dir or self.workdir / "run"
         job_id = self.new_job_id()
         proc = subprocess.Popen(self.command(run_dir, overrides, prefix), cwd=self.workdir,
-                                env=self.env(job_id), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=self.env(job_id, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         return proc, job_id
 
