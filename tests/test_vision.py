@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -17,7 +16,16 @@ from PIL import Image
 
 from tests.composing import composed
 from tests.images import make_image_folder, write_mnist_raw
-from trainer.vision import torchvision_model
+
+# torchvision (with the torch._dynamo it imports: about 3 s here) is imported by the tests that
+# use it, not when pytest collects this module in every worker; and they share one worker.
+pytestmark = pytest.mark.xdist_group("tests.test_vision")
+
+
+def torchvision_model(name: str, num_classes: int, weights: str | None = None) -> torch.nn.Module:
+    from trainer.vision import torchvision_model as build  # imports torchvision
+
+    return build(name, num_classes, weights)
 
 
 def config(*overrides: str) -> DictConfig:
@@ -180,6 +188,8 @@ def test_fixed_datasets_check_num_classes(tmp_path, data):
 def imagenet_resnet18(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A 1000-class resnet18 state dict (random, not downloaded) saved to a file."""
     torch.manual_seed(0)
+    import torchvision
+
     state = torchvision.models.resnet18().state_dict()
     path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
     torch.save(state, path)
