@@ -2,11 +2,11 @@
 
 A job needs a few files only while it runs: the ranks' error reports and the file store
 (``errors/``), an empty working directory for the fork server (``cwd/``), and multiprocessing's
-sockets: the fork server's, and those of the ranks and their DataLoader workers (a worker passing
-a batch to its rank by file descriptor, torch's default, listens on one). A launcher removes them
-when the job ends, but a job stopped by a signal or a launcher killed with SIGKILL (by the OOM
-killer, a scheduler, a user) cannot, and they used to pile up in TMPDIR as ``launcher-errors-*``,
-``launcher-warm-*`` and ``pymp-*``: three per killed launcher, and one per DataLoader worker.
+sockets: the fork server's, and any that the processes started during the job make through
+multiprocessing (a DataLoader worker handing a batch over by file descriptor, a user's own). A
+launcher removes them when the job ends, but one killed with SIGKILL (by the OOM killer, a
+scheduler, a user) cannot, and they used to pile up in TMPDIR as ``launcher-errors-*``,
+``launcher-warm-*`` and ``pymp-*``, three per killed launcher.
 
 So they live in one directory, ``launcher-XXXXXXXX``, whose ``.lock`` the launcher holds with
 ``flock`` (and so do the processes forked from it: a fork server forked from the launcher, and its
