@@ -73,8 +73,7 @@ def job_environment(job: JobConfig, error_dir: str) -> Iterator[None]:
 
 def launch_ranks(job: JobConfig) -> int:
     """Start this node's ranks and supervise them; returns the node's exit code."""
-    with scratch_directory() as scratch, job_environment(job, str(scratch / "errors")):
-        error_dir = scratch / "errors"
+    with scratch_directory() as scratch, job_environment(job, str(scratch.errors)):
         log.info("starting %d rank(s) on %s (%s, %s, local_addr %s, interface %s) in %s",
                  job.local_world_size, plan.node_place(job), job.mode.name, job.backend,
                  job.local_addr, job.socket_ifname or "as in the environment", job.run_dir)
@@ -87,8 +86,8 @@ def launch_ranks(job: JobConfig) -> int:
         except StartFailed as why:
             log.error("job failed to start: %s", why)
             return 1
-        failure = first_failure(error_dir, exits)
-        recovered_from = recorded_failures(error_dir) if failure is None else []
+        failure = first_failure(scratch.errors, exits)
+        recovered_from = recorded_failures(scratch.errors) if failure is None else []
     if failure is None:
         if recovered_from:
             log.warning("recovered by %d restart(s) from: %s",

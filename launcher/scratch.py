@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "launcher-"
@@ -33,6 +34,23 @@ LOCK_NAME = ".lock"
 # Made under another name, locked, then renamed into view: no other launcher can see it unlocked.
 _UNLOCKED_PREFIX = ".launcher-new-"
 log = logging.getLogger("launcher")
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A job's scratch directory and what is in it."""
+
+    directory: Path
+
+    @property
+    def errors(self) -> Path:
+        """The ranks' error reports and the file store."""
+        return self.directory / "errors"
+
+    @property
+    def cwd(self) -> Path:
+        """The fork server's empty working directory."""
+        return self.directory / "cwd"
 
 
 def remove_abandoned(parent: Path) -> list[Path]:
@@ -59,9 +77,9 @@ def remove_abandoned(parent: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def scratch_directory() -> Iterator[Path]:
-    """A new scratch directory with ``errors/`` and ``cwd/``, locked until it is removed at the end;
-    meanwhile multiprocessing makes its sockets there."""
+def scratch_directory() -> Iterator[Scratch]:
+    """A new scratch directory, locked until it is removed at the end; meanwhile multiprocessing
+    makes its sockets there."""
     parent = Path(tempfile.gettempdir())
     removed = remove_abandoned(parent)
     if removed:
@@ -78,10 +96,11 @@ def scratch_directory() -> Iterator[Path]:
         shutil.rmtree(unlocked, ignore_errors=True)
         raise
     try:
-        (directory / "errors").mkdir()
-        (directory / "cwd").mkdir()
+        scratch = Scratch(directory)
+        scratch.errors.mkdir()
+        scratch.cwd.mkdir()
         with _multiprocessing_temp_dir(directory):
-            yield directory
+            yield scratch
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         os.close(lock)

@@ -37,11 +37,11 @@ import traceback
 import weakref
 from collections.abc import Iterator
 from multiprocessing import connection, forkserver, resource_tracker, util
-from pathlib import Path
 from typing import Any, NoReturn
 
 from launcher.child import FORK_SERVER_BLOCKED_SIGNALS, forget_fork_server
 from launcher.config import JobConfig, has_gpu_device_nodes
+from launcher.scratch import Scratch
 from launcher.supervise import fork_server_pid
 
 WARM = "forkserver"
@@ -77,7 +77,7 @@ def preload_modules(job: JobConfig) -> list[str]:
 
 
 @contextlib.contextmanager
-def warm_start(job: JobConfig, scratch: Path) -> Iterator[None]:
+def warm_start(job: JobConfig, scratch: Scratch) -> Iterator[None]:
     """Run the job's ranks from a fork server started now, in the environment set for the job;
     stopped at the end so that the next job (a sweep's next point, another ``launch()``) gets a
     server with its own environment. Its socket and working directory are in the job's
@@ -86,11 +86,11 @@ def warm_start(job: JobConfig, scratch: Path) -> Iterator[None]:
         yield
         return
     stop_server()  # one left by an earlier job in this process would hold that job's environment
-    socket_path_bytes = len(os.fsencode(scratch / "listener-12345678"))
+    socket_path_bytes = len(os.fsencode(scratch.directory / "listener-12345678"))
     if socket_path_bytes > _MAX_SOCKET_PATH:
         log.warning("TMPDIR=%s is too long for the fork server's socket (%d bytes in all, at most %d): "
                     "the ranks start as fresh interpreters; a shorter TMPDIR starts them warm",
-                    scratch.parent, socket_path_bytes, _MAX_SOCKET_PATH)
+                    scratch.directory.parent, socket_path_bytes, _MAX_SOCKET_PATH)
         yield
         return
     preload = preload_modules(job)
@@ -100,7 +100,7 @@ def warm_start(job: JobConfig, scratch: Path) -> Iterator[None]:
     # one, a user's launcher.py or torch.py cannot replace what it preloads. Each rank then
     # takes the launcher's working directory and sys.path, as multiprocessing prepares it.
     here = os.getcwd()
-    os.chdir(scratch / "cwd")
+    os.chdir(scratch.cwd)
     resource_tracker.ensure_running()  # first: starting it unblocks SIGTERM on the way out
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_SERVER_BLOCKED_SIGNALS)
     try:
@@ -115,7 +115,6 @@ def warm_start(job: JobConfig, scratch: Path) -> Iterator[None]:
         yield
     finally:
         stop_server()
-
 
 
 def stop_server() -> None:

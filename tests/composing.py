@@ -15,7 +15,6 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -26,7 +25,7 @@ from hydra.plugins.config_source import ConfigResult, ConfigSource
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+from launcher.__main__ import CONFIG_DIR
 
 
 def composed(*overrides: str, hydra: bool = True, multirun: bool = False) -> DictConfig:
@@ -61,10 +60,10 @@ def config_file_sources() -> list[type[ConfigSource]]:
 def reading_each_config_file_once() -> Iterator[None]:
     """While inside, Hydra's file and package config sources parse each file once."""
     loaded: dict[tuple[Any, ...], ConfigResult] = {}
-    originals: dict[type[ConfigSource], Callable[[Any, str], ConfigResult]] = {}
+    source_types = config_file_sources()
 
     def sharing(original: Callable[[Any, str], ConfigResult]) -> Callable[[Any, str], ConfigResult]:
-        @functools.wraps(original)  # __wrapped__: the original, for test_composing.py
+        @functools.wraps(original)  # __wrapped__: the original, to restore (and for test_composing.py)
         def load_config(source: ConfigSource, config_path: str) -> ConfigResult:
             try:
                 key = _file_key(source, config_path)
@@ -76,11 +75,10 @@ def reading_each_config_file_once() -> Iterator[None]:
 
         return load_config
 
-    for source_type in config_file_sources():
-        originals[source_type] = source_type.load_config
+    for source_type in source_types:
         source_type.load_config = sharing(source_type.load_config)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for source_type, original in originals.items():
-            source_type.load_config = original  # type: ignore[method-assign]
+        for source_type in source_types:
+            source_type.load_config = source_type.load_config.__wrapped__  # type: ignore[attr-defined]

@@ -229,10 +229,15 @@ def short_tmpdir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def litter(directory: Path) -> list[str]:
+    """What launches left in their temporary directory, but torch's compile cache, which is meant
+    to outlive runs."""
+    return sorted(path.name for path in directory.iterdir() if not path.name.startswith("torchinductor_"))
+
+
 def assert_no_litter(directory: Path) -> None:
-    """A finished launch leaves nothing in its temporary directory but torch's compile cache,
-    which is meant to outlive runs."""
-    left = sorted(path.name for path in directory.iterdir() if not path.name.startswith("torchinductor_"))
+    """A finished launch leaves nothing in its temporary directory (`litter`)."""
+    left = litter(directory)
     assert not left, f"left behind in {directory}: {left}"
 
 

@@ -76,8 +76,7 @@ def test_stalled_peer_fails_the_job_within_the_collective_timeout(launcher):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_every_rank_and_dataloader_worker(launcher, tmp_path, short_tmpdir, mode, signum):
-    """And leaves nothing in TMPDIR: a DataLoader worker killed with its rank leaves the socket it
-    hands batches over by, which is made in the job's scratch directory (`launcher.scratch`)."""
+    """And leaves nothing in TMPDIR (`launcher.scratch`)."""
     out = tmp_path / "out"
     proc, job_id = launcher.start(f"launcher={mode}", f"script={DDP_SCRIPT}",
                                   f"script_args=[{out},--hang,--workers,2]", env={"TMPDIR": str(short_tmpdir)})

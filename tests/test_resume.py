@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from tests.conftest import assert_no_litter, assert_ok, run_for_module, wait_for_no_leftovers
+from tests.conftest import (
+    assert_no_litter,
+    assert_ok,
+    litter,
+    run_for_module,
+    wait_for_no_leftovers,
+)
 
 pytestmark = pytest.mark.slow  # real jobs: several processes each
 
@@ -96,7 +102,7 @@ def test_resume_with_another_world_size_restarts_the_epoch(launcher, tmp_path, s
     own_tmpdir = {"TMPDIR": str(short_tmpdir)}
     assert launcher.run(*common, "gpus=2", run_dir=run_dir, env=own_tmpdir).returncode == -9
     wait_for_no_leftovers(launcher.job_ids[-1], timeout_s=15)
-    left = sorted(path.name for path in short_tmpdir.iterdir() if not path.name.startswith("torchinductor_"))
+    left = litter(short_tmpdir)
     assert len(left) == 1 and left[0].startswith("launcher-"), left
     resumed = launcher.run(*common, "gpus=1", "resume=auto", run_dir=run_dir, env=own_tmpdir)
     assert_ok(resumed)

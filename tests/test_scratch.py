@@ -20,7 +20,7 @@ HOLDER = """
 import sys
 from launcher.scratch import scratch_directory
 with scratch_directory() as scratch:
-    print(scratch, flush=True)
+    print(scratch.directory, flush=True)
     sys.stdin.read()  # until the test closes it
 """
 
@@ -49,8 +49,8 @@ def test_a_killed_launchers_scratch_is_removed_and_a_live_ones_kept(tmp_path, mo
             assert not abandoned.exists(), "a killed launcher's scratch directory was kept"
             assert held.is_dir() and (held / "errors").is_dir(), "a live launcher's scratch directory was removed"
             assert older.is_dir()
-            assert (mine / "errors").is_dir() and (mine / "cwd").is_dir()
-        assert not mine.exists()
+            assert mine.errors.is_dir() and mine.cwd.is_dir()
+        assert not mine.directory.exists()
     finally:
         alive.communicate("", timeout=30)
     assert alive.returncode == 0
@@ -61,6 +61,6 @@ def test_a_killed_launchers_scratch_is_removed_and_a_live_ones_kept(tmp_path, mo
 def test_a_failing_job_removes_its_scratch_directory(tmp_path, monkeypatch, failure):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(failure), scratch_directory() as scratch:
-        (scratch / "errors" / "rank_0.attempt_0.json").write_text("{}")
+        (scratch.errors / "rank_0.attempt_0.json").write_text("{}")
         raise failure()
     assert list(tmp_path.iterdir()) == []
