@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -65,8 +66,9 @@ class FaultyMLP(MLP):
     gradient-bucket settling pass, so forward N is optimizer step N - 1.
 
     ``action``: ``raise`` (an exception on ``rank``), ``stall`` (rank ``rank`` stops responding
-    for a minute, like a hung peer), ``usr1`` (rank ``rank`` gets Slurm's time-limit signal), or ``kill_job`` (rank ``rank`` SIGKILLs its launcher, like a
-    machine going down; ranks follow by their parent-death signal). With a
+    for a minute, like a hung peer), ``usr1`` (rank ``rank`` gets Slurm's time-limit signal), or
+    ``kill_job`` (rank ``rank`` SIGKILLs its launcher once its checkpoint in flight is written,
+    like a machine going down; ranks follow by their parent-death signal). With a
     ``marker`` file the fault happens once: a resumed run finds the marker and trains normally.
     """
 
@@ -95,6 +97,11 @@ class FaultyMLP(MLP):
             os.kill(os.getpid(), signal.SIGUSR1)
             return
         if self.action == "kill_job":  # the launcher (a warm rank's parent is its fork server)
+            # After the checkpoint in flight lands, so which one a resume finds does not depend on
+            # how fast the disk is (a crash mid-write: tests/test_checkpoint_writer.py).
+            for thread in threading.enumerate():
+                if thread.name == "checkpoint-writer":
+                    thread.join(timeout=60)
             os.kill(int(os.environ["LAUNCHER_PARENT_PID"]), signal.SIGKILL)
             time.sleep(60)  # the parent-death signal ends us
         raise RuntimeError(f"deliberate fault at training step {self.steps}")
