@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.preimported import Server
+
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = REPO / "tests" / "scripts" / "ddp_script.py"
 # Small but real: two ranks, a few dozen optimizer steps. No curves.png (matplotlib's 0.6 s at the
@@ -93,11 +95,34 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-class Launcher:
-    """Runs ``python -m launcher`` for one test, in the test's temporary directory."""
+_preimported: Server | None = None
 
-    def __init__(self, workdir: Path) -> None:
+
+def preimported_launcher() -> Server:
+    """This test worker's pre-imported launcher (`tests.preimported`), started at its first use."""
+    global _preimported
+    if _preimported is None:
+        base = Launcher(REPO).env("")
+        del base["LAUNCHER_JOB_ID"]
+        _preimported = Server(base)
+    return _preimported
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_preimported_launcher() -> Iterator[None]:
+    yield
+    if _preimported is not None:
+        _preimported.stop()
+
+
+class Launcher:
+    """Runs ``python -m launcher`` for one test, in the test's temporary directory: with
+    ``preimported``, a fork of the worker's pre-imported launcher (`tests.preimported`) where that
+    is the same launch."""
+
+    def __init__(self, workdir: Path, preimported: bool = True) -> None:
         self.workdir = workdir
+        self.preimported = preimported
         self.job_ids: list[str] = []
 
     def env(self, job_id: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -124,11 +149,19 @@ class Launcher:
         ``entry`` replaces ``python -m launcher`` (e.g. with the ``ddp-launch`` console script)."""
         run_dir = run_dir or self.workdir / "run"
         job_id = self.new_job_id()
+        command = self.command(run_dir, overrides, prefix, entry)
+        launch_env = self.env(job_id, env)
+        server = None
+        if self.preimported and Server.serves_command(command):
+            server = preimported_launcher()  # started before the clock: a launch's time is its own
+            server = server if server.serves(launch_env) else None
         start = time.monotonic()
         try:
-            proc = subprocess.run(self.command(run_dir, overrides, prefix, entry), cwd=self.workdir,
-                                  env=self.env(job_id, env), capture_output=True, text=True,
-                                  timeout=timeout_s)
+            if server is not None:
+                proc = server.run(command, self.workdir, launch_env, timeout_s)
+            else:
+                proc = subprocess.run(command, cwd=self.workdir, env=launch_env, capture_output=True,
+                                      text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as hung:
             raise AssertionError(f"launcher did not finish within {timeout_s}s:\n{hung.stderr}") from hung
         return Launch(proc.returncode, proc.stdout, proc.stderr, run_dir, time.monotonic() - start)
@@ -161,8 +194,10 @@ def run_for_module(directory: Path, *overrides: str, run_dir: Path) -> Launch:
 
 
 @pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    runner = Launcher(tmp_path)
+def launcher(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launcher]:
+    """A fast-tier test's launches (command lines that end before a job starts) are fresh
+    interpreters: the pre-imported launcher's start would cost each worker more than they do."""
+    runner = Launcher(tmp_path, preimported=request.node.get_closest_marker("slow") is not None)
     yield runner
     runner.kill_leftovers()
 
