@@ -148,23 +148,34 @@ class Launcher:
         """Run to completion; ``prefix`` wraps the command (e.g. to run it in a namespace),
         ``entry`` replaces ``python -m launcher`` (e.g. with the ``ddp-launch`` console script)."""
         run_dir = run_dir or self.workdir / "run"
-        job_id = self.new_job_id()
         command = self.command(run_dir, overrides, prefix, entry)
-        launch_env = self.env(job_id, env)
-        server = None
-        if self.preimported and Server.serves_command(command):
-            server = preimported_launcher()  # started before the clock: a launch's time is its own
-            server = server if server.serves(launch_env) else None
+        launch_env = self.env(self.new_job_id(), env)
+        self._server_for(command, launch_env)  # started before the clock: a launch's time is its own
         start = time.monotonic()
+        proc = self.run_command(command, launch_env, timeout_s)
+        return Launch(proc.returncode, proc.stdout, proc.stderr, run_dir, time.monotonic() - start)
+
+    def run_command(self, command: list[str], env: dict[str, str], timeout_s: float,
+                    ) -> subprocess.CompletedProcess:
+        """``subprocess.run(command, capture_output=True, text=True)`` in the test's directory, an
+        AssertionError past ``timeout_s``; a fork of the pre-imported launcher where that is the
+        same launch."""
+        server = self._server_for(command, env)
         try:
             if server is not None:
-                proc = server.run(command, self.workdir, launch_env, timeout_s)
-            else:
-                proc = subprocess.run(command, cwd=self.workdir, env=launch_env, capture_output=True,
-                                      text=True, timeout=timeout_s)
+                return server.run(command, self.workdir, env, timeout_s)
+            return subprocess.run(command, cwd=self.workdir, env=env, capture_output=True, text=True,
+                                  timeout=timeout_s)
         except subprocess.TimeoutExpired as hung:
             raise AssertionError(f"launcher did not finish within {timeout_s}s:\n{hung.stderr}") from hung
-        return Launch(proc.returncode, proc.stdout, proc.stderr, run_dir, time.monotonic() - start)
+
+    def _server_for(self, command: list[str], env: dict[str, str]) -> Server | None:
+        """``LAUNCHER_TESTS_FRESH=1``: no launch is a fork (every test as it ran before the server)."""
+        if not (self.preimported and os.environ.get("LAUNCHER_TESTS_FRESH") != "1"
+                and Server.serves_command(command)):
+            return None
+        server = preimported_launcher()
+        return server if server.serves(env) else None
 
     def start(self, *overrides: str, run_dir: Path | None = None, prefix: Sequence[str] = (),
               env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:

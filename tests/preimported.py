@@ -14,7 +14,6 @@ padded for room by the server's own start), because the tests find a job's proce
 What cannot be made fresh is only what a module read at import: `Server.serves` sends a launch
 that changes a variable read then (``PYTHON*``, ``TORCH*``, OpenMP's ...) to a fresh interpreter,
 as it does a launch that wraps the command or replaces ``python -m launcher``.
-``LAUNCHER_TESTS_FRESH=1`` runs every launch as a fresh interpreter.
 
 The server's side: ``python -m tests.preimported SOCKET PADDING`` imports, says ``ready`` on its
 stdout, and answers each connection (one packet: the request and the launch's stdout and stderr
@@ -54,7 +53,6 @@ READ_AT_IMPORT = ("PYTHON", "LD_", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "
 PADDING_VARIABLE = "PREIMPORTED_LAUNCHER_PADDING"
 ENVIRONMENT_ROOM = 64 * 1024
 COMMAND_LINE_ROOM = 16 * 1024
-FRESH_VARIABLE = "LAUNCHER_TESTS_FRESH"
 # A variable whose value is the launch's own and never read at import.
 PER_LAUNCH = ("LAUNCHER_JOB_ID",)
 _PR_SET_PDEATHSIG = 1
@@ -90,7 +88,7 @@ class Server:
 
     def serves(self, env: dict[str, str]) -> bool:
         """Whether a fork of the server is the launch a fresh interpreter with ``env`` would be."""
-        if os.environ.get(FRESH_VARIABLE) == "1" or self.process.poll() is not None:
+        if self.process.poll() is not None:
             return False
         changed = {key for key in env.keys() | self.env.keys()
                    if key not in PER_LAUNCH and env.get(key) != self.env.get(key)}

@@ -24,8 +24,7 @@ SWEEP_TINY = ["data.dataset.num_samples=512", "trainer.epochs=2"]
 def run_sweep(launcher, sweep_dir: Path, *overrides: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
     job_id = launcher.new_job_id()
     command = [sys.executable, "-m", "launcher", "-m", f"hydra.sweep.dir={sweep_dir}", *overrides]
-    done = subprocess.run(command, cwd=launcher.workdir, env=launcher.env(job_id), capture_output=True,
-                          text=True, timeout=timeout_s)
+    done = launcher.run_command(command, launcher.env(job_id), timeout_s)
     wait_for_no_leftovers(job_id)
     return done
 
