@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from trainer.data import SyntheticClassification
 from trainer.models import MLP
 from trainer.vision import MNISTData
+from trainer.writer import WRITER_THREAD_NAME
 
 
 class CountingSynthetic(SyntheticClassification):
@@ -100,7 +101,7 @@ class FaultyMLP(MLP):
             # After the checkpoint in flight lands, so which one a resume finds does not depend on
             # how fast the disk is (a crash mid-write: tests/test_checkpoint_writer.py).
             for thread in threading.enumerate():
-                if thread.name == "checkpoint-writer":
+                if thread.name == WRITER_THREAD_NAME:
                     thread.join(timeout=60)
             os.kill(int(os.environ["LAUNCHER_PARENT_PID"]), signal.SIGKILL)
             time.sleep(60)  # the parent-death signal ends us

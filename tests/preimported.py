@@ -13,7 +13,7 @@ padded for room by the server's own start), because the tests find a job's proce
 
 What cannot be made fresh is only what a module read at import: `Server.serves` sends a launch
 that changes a variable read then (``PYTHON*``, ``TORCH*``, OpenMP's ...) to a fresh interpreter,
-as it does a launch that wraps the command or replaces ``python -m launcher``.
+and `Server.serves_command` one that wraps the command or replaces ``python -m MODULE``.
 
 The server's side: ``python -m tests.preimported SOCKET PADDING`` imports, says ``ready`` on its
 stdout, and answers each connection (one packet: the request and the launch's stdout and stderr
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import json
 import os
 import runpy
@@ -38,7 +37,7 @@ import tempfile
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 # What a launch imports (the launcher, the agent, the trainer its fork server preloads), and
 # torch._dynamo, which DDP's constructor imports in every rank.
@@ -107,7 +106,7 @@ class Server:
         (``command``; MODULE: ``launcher``, ``launcher.check``), with the same exit status and
         streams; a launch still running after ``timeout_s`` is killed and reported as
         ``subprocess.TimeoutExpired``."""
-        request = {"argv": command, "module": command[2], "args": command[3:], "cwd": str(cwd), "env": env}
+        request = {"argv": command, "cwd": str(cwd), "env": env}
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
                 socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
             connection.connect(self.socket_path)
@@ -138,7 +137,7 @@ class Server:
         self.directory.rmdir()
 
 
-def _read(file: io.BufferedRandom | tempfile._TemporaryFileWrapper) -> str:
+def _read(file: IO[bytes]) -> str:
     file.seek(0)
     return file.read().decode(errors="replace")
 
@@ -168,7 +167,7 @@ def serve(socket_path: str) -> NoReturn:
                 connection, _ = listener.accept()
                 data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 2)
                 own = [listener.fileno(), watching.fileno(), connection.fileno(),
-                       *(pidfd for pidfd in launches), *(c.fileno() for _, c in launches.values())]
+                       *launches, *(c.fileno() for _, c in launches.values())]
                 pid = os.fork()
                 if pid == 0:
                     _launch(json.loads(data), fds, own)
@@ -213,10 +212,11 @@ def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
         os.environ.update(request["env"])
         _show_in_proc(request["argv"], request["env"])
         sys.path[0] = os.getcwd()  # as ``python -m`` puts it
-        sys.argv = ["-m", *request["args"]]
+        _, _, module, *args = request["argv"]
+        sys.argv = ["-m", *args]
         tempfile.tempdir = None  # TMPDIR is the launch's
         try:
-            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as stop:
             code = _exit_code(stop.code)

@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 
+# The writer thread's name: what a debugger, py-spy or a test looks for.
+WRITER_THREAD_NAME = "checkpoint-writer"
+
 
 def snapshot(value: Any) -> Any:
     """``value`` with every tensor copied to CPU memory and every container copied: nothing in the
@@ -48,7 +51,7 @@ class BackgroundWriter:
         """Wait for the previous job (raising its error, if any), then start ``job`` in the
         background."""
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(job,), name="checkpoint-writer")
+        self._thread = threading.Thread(target=self._run, args=(job,), name=WRITER_THREAD_NAME)
         self._thread.start()
 
     def wait(self) -> None:
