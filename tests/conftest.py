@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.preimported import Server
+from tests.preimported import Forked, Server, unwrap
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = REPO / "tests" / "scripts" / "ddp_script.py"
@@ -172,19 +172,23 @@ class Launcher:
     def _server_for(self, command: list[str], env: dict[str, str]) -> Server | None:
         """``LAUNCHER_TESTS_FRESH=1``: no launch is a fork (every test as it ran before the server)."""
         if not (self.preimported and os.environ.get("LAUNCHER_TESTS_FRESH") != "1"
-                and Server.serves_command(command)):
+                and unwrap(command, env) is not None):
             return None
         server = preimported_launcher()
-        return server if server.serves(env) else None
+        return server if server.serves(command, env) else None
 
     def start(self, *overrides: str, run_dir: Path | None = None, prefix: Sequence[str] = (),
-              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-        """Start in the background (own session, so a test can signal it like a terminal would)."""
+              env: dict[str, str] | None = None) -> tuple[subprocess.Popen | Forked, str]:
+        """Start in the background (own session, so a test can signal it like a terminal would);
+        a fork of the pre-imported launcher where that is the same launch."""
         run_dir = run_dir or self.workdir / "run"
         job_id = self.new_job_id()
-        proc = subprocess.Popen(self.command(run_dir, overrides, prefix), cwd=self.workdir,
-                                env=self.env(job_id, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        command, launch_env = self.command(run_dir, overrides, prefix), self.env(job_id, env)
+        server = self._server_for(command, launch_env)
+        if server is not None:
+            return server.start(command, self.workdir, launch_env, new_session=True), job_id
+        proc = subprocess.Popen(command, cwd=self.workdir, env=launch_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         return proc, job_id
 
     def kill_leftovers(self) -> None:

@@ -27,6 +27,8 @@ from pathlib import Path
 SUBNET = "10.231.0"
 HOST_ADDRESS = f"{SUBNET}.254"  # this machine's address on a connected cluster's bridge
 NETNS_ETC = Path("/etc/netns")
+# A command run as ``[*OWN_HOSTNAME, HOST, *argv]`` runs under the hostname HOST (its own UTS namespace).
+OWN_HOSTNAME = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"']
 # A cluster's namespaces are named after this prefix, so a session can sweep up after a crash.
 PREFIX = "ltest-"
 
@@ -116,8 +118,7 @@ class VirtualCluster:
         """``argv`` run inside node ``node``'s namespace (and under its own hostname)."""
         inner = list(argv)
         if self.own_hostnames:
-            inner = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
-                     self.hostname(node), *inner]
+            inner = [*OWN_HOSTNAME, self.hostname(node), *inner]
         return ["ip", "netns", "exec", self.node_ns[node], *inner]
 
     def connect_host(self, name: str) -> str:

@@ -11,9 +11,14 @@ and command line are also written where ``/proc`` shows them (the memory they we
 padded for room by the server's own start), because the tests find a job's processes by the
 ``LAUNCHER_JOB_ID`` in ``/proc/PID/environ`` and ``launcher.cancel`` reads it too.
 
+A launch the tests start in the background (`Server.start`) is a `Forked`, the part of
+``subprocess.Popen`` they use, in a session of its own where asked. The wrappers the tests put in
+front of a command to run it on a node of their own network namespaces (``ip netns exec``, an own
+hostname, ``env``) are done by the fork itself (`unwrap`), as those programs do them.
+
 What cannot be made fresh is only what a module read at import: `Server.serves` sends a launch
 that changes a variable read then (``PYTHON*``, ``TORCH*``, OpenMP's ...) to a fresh interpreter,
-and `Server.serves_command` one that wraps the command or replaces ``python -m MODULE``.
+and one whose command is anything else than ``python -m MODULE`` behind those wrappers.
 
 The server's side: ``python -m tests.preimported SOCKET PADDING`` imports, says ``ready`` on its
 stdout, and answers each connection (one packet: the request and the launch's stdout and stderr
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
 import json
 import os
 import runpy
@@ -38,6 +44,8 @@ import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, NoReturn
+
+from tests.netns import OWN_HOSTNAME
 
 # What a launch imports (the launcher, the agent, the trainer its fork server preloads), and
 # torch._dynamo, which DDP's constructor imports in every rank.
@@ -55,12 +63,15 @@ COMMAND_LINE_ROOM = 16 * 1024
 # A variable whose value is the launch's own and never read at import.
 PER_LAUNCH = ("LAUNCHER_JOB_ID",)
 _PR_SET_PDEATHSIG = 1
+# For what ``ip netns exec`` and ``unshare --uts`` do (sched.h, sys/mount.h).
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWNET = 0x00020000, 0x04000000, 0x40000000
+_MS_RDONLY, _MS_BIND, _MS_REC, _MS_SLAVE, _MNT_DETACH = 0x1, 0x1000, 0x4000, 0x80000, 2
 
 
 # --- the client: the test worker's side ------------------------------------------------------------
 
 class Server:
-    """One per test worker, started at its first launch: `run` forks a launcher from it."""
+    """One per test worker, started at its first launch: `run` and `start` fork a launch from it."""
 
     def __init__(self, base_env: dict[str, str]) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="preimported-", dir="/tmp"))
@@ -85,46 +96,54 @@ class Server:
             self.stop()
             raise AssertionError(f"the pre-imported launcher did not start within {timeout_s}s:\n{told}")
 
-    def serves(self, env: dict[str, str]) -> bool:
-        """Whether a fork of the server is the launch a fresh interpreter with ``env`` would be."""
-        if self.process.poll() is not None:
-            return False
+    def serves(self, command: list[str], env: dict[str, str]) -> bool:
+        """Whether a fork of the server is the launch a fresh interpreter would be."""
+        return self._request(command, Path("."), env, new_session=False) is not None
+
+    def _request(self, command: list[str], cwd: Path, env: dict[str, str], new_session: bool,
+                 ) -> dict | None:
+        """What the fork is told, or None where a fork would not be the same launch: a server that
+        has ended, a variable read at import changed, a command other than ``python -m MODULE
+        ARGS`` (behind the wrappers `unwrap` knows), or more than the room the server made."""
+        placed = unwrap(command, env)
+        if self.process.poll() is not None or placed is None:
+            return None
+        argv, env, place = placed
         changed = {key for key in env.keys() | self.env.keys()
                    if key not in PER_LAUNCH and env.get(key) != self.env.get(key)}
-        return len(_block(f"{key}={value}" for key, value in env.items())) <= ENVIRONMENT_ROOM \
-            and not any(key.startswith(READ_AT_IMPORT) for key in changed)
+        if any(key.startswith(READ_AT_IMPORT) for key in changed) \
+                or len(_block(f"{key}={value}" for key, value in env.items())) > ENVIRONMENT_ROOM \
+                or len(_block(argv)) > COMMAND_LINE_ROOM:
+            return None
+        return {"argv": argv, "cwd": str(cwd), "env": env, "new_session": new_session, **place}
 
-    @staticmethod
-    def serves_command(command: list[str]) -> bool:
-        """Whether ``command`` is ``python -m MODULE ARGS`` with this interpreter and no option."""
-        return command[:2] == [sys.executable, "-m"] and len(command) > 2 \
-            and len(_block(command)) <= COMMAND_LINE_ROOM
+    def start(self, command: list[str], cwd: Path, env: dict[str, str], new_session: bool = False,
+              ) -> Forked:
+        """``subprocess.Popen(command, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True,
+        start_new_session=new_session)`` as a fork of the server (`serves` must say yes)."""
+        request = self._request(command, cwd, env, new_session)
+        if request is None:
+            raise ValueError(f"not a launch the pre-imported launcher can fork: {command}")
+        out = tempfile.TemporaryFile()  # noqa: SIM115 (the launch's streams: the Forked owns them)
+        err = tempfile.TemporaryFile()  # noqa: SIM115
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        connection.connect(self.socket_path)
+        socket.send_fds(connection, [json.dumps(request).encode()], [out.fileno(), err.fileno()])
+        return Forked(command, connection, out, err, self.log)
 
     def run(self, command: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
             ) -> subprocess.CompletedProcess:
-        """``subprocess.run(command, capture_output=True, text=True)`` of ``python -m MODULE ARGS``
-        (``command``; MODULE: ``launcher``, ``launcher.check``), with the same exit status and
-        streams; a launch still running after ``timeout_s`` is killed and reported as
+        """``subprocess.run(command, capture_output=True, text=True)``, with the same exit status
+        and streams; a launch still running after ``timeout_s`` is killed and reported as
         ``subprocess.TimeoutExpired``."""
-        request = {"argv": command, "cwd": str(cwd), "env": env}
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-                socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
-            connection.connect(self.socket_path)
-            socket.send_fds(connection, [json.dumps(request).encode()], [out.fileno(), err.fileno()])
-            connection.settimeout(30)
-            pid = json.loads(connection.recv(4096))["pid"]
-            connection.settimeout(timeout_s)
-            try:
-                answer = connection.recv(4096)
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
-                connection.settimeout(30)
-                connection.recv(4096)
-                raise subprocess.TimeoutExpired(command, timeout_s, _read(out), _read(err)) from None
-            if not answer:
-                raise AssertionError(f"the pre-imported launcher ended during a launch:\n"
-                                     f"{self.log.read_text(errors='replace')[-3000:]}")
-            return subprocess.CompletedProcess(command, json.loads(answer)["returncode"], _read(out), _read(err))
+        launch = self.start(command, cwd, env)
+        try:
+            out, err = launch.communicate(timeout_s)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            out, err = launch.communicate(30)
+            raise subprocess.TimeoutExpired(command, timeout_s, out, err) from None
+        return subprocess.CompletedProcess(command, launch.returncode, out, err)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -137,9 +156,98 @@ class Server:
         self.directory.rmdir()
 
 
+class Forked:
+    """A launch forked from the server, as the part of `subprocess.Popen` the tests use: ``pid``,
+    ``returncode``, ``poll``, ``wait``, ``communicate``, ``send_signal``, ``kill``, and the
+    streams as text so far (``stdout``, ``stderr``). Signals go through a pidfd, so they never
+    reach another process that took the pid after the server reaped the launch."""
+
+    def __init__(self, args: list[str], connection: socket.socket, out: IO[bytes], err: IO[bytes],
+                 server_log: Path) -> None:
+        self.args = args
+        self.returncode: int | None = None
+        self._connection, self._out, self._err, self._server_log = connection, out, err, server_log
+        connection.settimeout(30)
+        self.pid: int = json.loads(connection.recv(4096))["pid"]
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+        except ProcessLookupError:  # already ended and reaped: its status is on the way
+            self._pidfd = None
+
+    @property
+    def stdout(self) -> io.StringIO:
+        return io.StringIO(_read(self._out))
+
+    @property
+    def stderr(self) -> io.StringIO:
+        return io.StringIO(_read(self._err))
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._connection.setblocking(False)
+            with contextlib.suppress(BlockingIOError):  # still running
+                self._ended(self._connection.recv(4096))
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._connection.settimeout(timeout)
+            try:
+                self._ended(self._connection.recv(4096))
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0, _read(self._out),
+                                                _read(self._err)) from None
+        assert self.returncode is not None
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return _read(self._out), _read(self._err)
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None and self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def _ended(self, answer: bytes) -> None:
+        if not answer:
+            raise AssertionError(f"the pre-imported launcher ended during a launch:\n"
+                                 f"{self._server_log.read_text(errors='replace')[-3000:]}")
+        self.returncode = json.loads(answer)["returncode"]
+        self._connection.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def unwrap(command: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str], dict] | None:
+    """The ``python -m MODULE ARGS`` command, environment and place of a launch behind the
+    wrappers the tests put in front of it (any of them, in this order: ``ip netns exec NS``,
+    `OWN_HOSTNAME` HOST, ``env NAME=VALUE...``), which the fork then does itself; None for any
+    other command."""
+    rest, env, place = list(command), dict(env), {}
+    if rest[:3] == ["ip", "netns", "exec"] and len(rest) > 3:
+        place["netns"], rest = rest[3], rest[4:]
+    if rest[:len(OWN_HOSTNAME)] == OWN_HOSTNAME and len(rest) > len(OWN_HOSTNAME):
+        place["hostname"], rest = rest[len(OWN_HOSTNAME)], rest[len(OWN_HOSTNAME) + 1:]
+    if rest[:1] == ["env"]:
+        rest = rest[1:]
+        while rest and "=" in rest[0] and not rest[0].startswith("-"):
+            name, value = rest.pop(0).split("=", 1)
+            env[name] = value
+    return (rest, env, place) if rest[:2] == [sys.executable, "-m"] and len(rest) > 2 else None
+
+
 def _read(file: IO[bytes]) -> str:
-    file.seek(0)
-    return file.read().decode(errors="replace")
+    """What the launch wrote so far (at the start of the file, where the launch's own offset is
+    left alone: it shares this file's)."""
+    return os.pread(file.fileno(), os.fstat(file.fileno()).st_size, 0).decode(errors="replace")
 
 
 # --- the server ------------------------------------------------------------------------------------
@@ -207,6 +315,13 @@ def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
         for fd, target in ((stdin, 0), (fds[0], 1), (fds[1], 2)):
             os.dup2(fd, target)
             os.close(fd)
+        if request["new_session"]:
+            os.setsid()
+        if "netns" in request:
+            _enter_network_namespace(request["netns"])
+        if "hostname" in request:
+            _libc_call("unshare", _CLONE_NEWUTS)
+            socket.sethostname(request["hostname"])
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -227,6 +342,32 @@ def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def _enter_network_namespace(name: str) -> None:
+    """What ``ip netns exec NAME`` does before it runs a command: join the namespace, in a mount
+    namespace of its own whose ``/sys`` shows that namespace's devices and whose ``/etc`` has the
+    files of ``/etc/netns/NAME`` (its ``hosts``, ``resolv.conf``) bound over the machine's."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _libc_call("setns", fd, _CLONE_NEWNET)
+    finally:
+        os.close(fd)
+    _libc_call("unshare", _CLONE_NEWNS)
+    _libc_call("mount", b"", b"/", b"none", _MS_SLAVE | _MS_REC, None)
+    read_only = os.statvfs("/sys").f_flag & os.ST_RDONLY
+    ctypes.CDLL(None).umount2(b"/sys", _MNT_DETACH)  # as ip: nothing there to detach is fine
+    _libc_call("mount", name.encode(), b"/sys", b"sysfs", _MS_RDONLY if read_only else 0, None)
+    etc = Path("/etc/netns", name)
+    for entry in sorted(etc.iterdir()) if etc.is_dir() else []:
+        _libc_call("mount", os.fsencode(entry), os.fsencode(Path("/etc", entry.name)), b"none", _MS_BIND, None)
+
+
+def _libc_call(function: str, *args: object) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, function)(*args) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{function}{args}: {os.strerror(errno)}")
 
 
 def _block(items: Iterable[str]) -> bytes:

@@ -6,6 +6,9 @@ and exit status, and ``/proc`` shows the launch's own command line and environme
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Launcher, preimported_launcher, wait_for_no_leftovers
+from tests.conftest import Launcher, preimported_launcher, wait_for, wait_for_no_leftovers
+from tests.netns import OWN_HOSTNAME, VirtualCluster
+from tests.preimported import unwrap
+from tests.test_multinode_netns import cluster, netns_permitted  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow  # starts the worker's server (the imports of a launch)
 
@@ -29,12 +35,13 @@ seen = {
     "tmp": tempfile.gettempdir(), "stdin": os.readlink("/proc/self/fd/0"),
     "threads": len(os.listdir("/proc/self/task")),
 }
-print(json.dumps(seen))
+print(json.dumps(seen), flush=True)
 print("to stderr", file=sys.stderr)
 if sys.argv[1] == "signal":
     os.kill(os.getpid(), 9)
 if sys.argv[1] == "sleep":
     import time
+    open("sleeping", "w").close()
     time.sleep(600)
 sys.exit(int(sys.argv[1]))
 '''
@@ -52,7 +59,7 @@ def both(probe_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, subp
     env = runner.env(runner.new_job_id(), {"TMPDIR": str(probe_dir / "tmp")})
     command = [sys.executable, "-m", "probe_interpreter", *args]
     server = preimported_launcher()
-    assert server.serves(env) and server.serves_command(command)
+    assert server.serves(command, env)
     fresh = subprocess.run(command, cwd=probe_dir, env=env, capture_output=True, text=True, timeout=60)
     forked = server.run(command, probe_dir, env, timeout_s=60)
     return fresh, forked
@@ -86,15 +93,81 @@ def test_a_launch_past_its_timeout_is_killed_and_reported(probe_dir: Path) -> No
 
 
 def test_what_a_fork_cannot_be_goes_to_a_fresh_interpreter() -> None:
-    """A variable read at import, a command that is not ``python -m MODULE``, or a command line or
-    environment larger than the room the server made."""
+    """A variable read at import, a command that is not ``python -m MODULE`` behind the wrappers
+    the fork does itself, or a command line or environment larger than the room the server made."""
     server = preimported_launcher()
-    assert server.serves(dict(server.env))
-    assert server.serves({**server.env, "LAUNCHER_JOB_ID": "x", "TMPDIR": "/tmp", "CUDA_VISIBLE_DEVICES": "1"})
+    launch = [sys.executable, "-m", "launcher", "gpus=2"]
+    assert server.serves(launch, dict(server.env))
+    assert server.serves(launch, {**server.env, "LAUNCHER_JOB_ID": "x", "TMPDIR": "/tmp", "CUDA_VISIBLE_DEVICES": "1"})
     for variable in ("OMP_NUM_THREADS", "PYTHONHASHSEED", "TORCH_CPP_LOG_LEVEL", "LD_PRELOAD"):
-        assert not server.serves({**server.env, variable: "1"}), variable
-    assert not server.serves({**server.env, "HUGE": "y" * (80 * 1024)})
-    assert server.serves_command([sys.executable, "-m", "launcher", "gpus=2"])
-    assert not server.serves_command([sys.executable, "-m", "launcher", "y" * (20 * 1024)])
-    assert not server.serves_command([sys.executable, "-X", "importtime", "-m", "launcher"])
-    assert not server.serves_command(["ip", "netns", "exec", "n1", sys.executable, "-m", "launcher"])
+        assert not server.serves(launch, {**server.env, variable: "1"}), variable
+        assert not server.serves(["env", f"{variable}=1", *launch], dict(server.env)), variable
+    assert not server.serves(launch, {**server.env, "HUGE": "y" * (80 * 1024)})
+    assert not server.serves([*launch, "y" * (20 * 1024)], dict(server.env))
+    assert not server.serves([sys.executable, "-X", "importtime", "-m", "launcher"], dict(server.env))
+    assert not server.serves(["nice", *launch], dict(server.env))
+    assert server.serves(["ip", "netns", "exec", "n1", *OWN_HOSTNAME, "h", "env", "A=1", *launch], dict(server.env))
+    assert unwrap(["ip", "netns", "exec", "n1", *OWN_HOSTNAME, "h", "env", "A=1", *launch], {"B": "2"}) \
+        == (launch, {"A": "1", "B": "2"}, {"netns": "n1", "hostname": "h"})
+
+
+def test_a_launch_started_in_the_background_behaves_as_popen_does(probe_dir: Path) -> None:
+    """Its own session (a test signals it as a terminal would), poll, a signal, wait, the
+    streams."""
+    runner = Launcher(probe_dir)
+    env = runner.env(runner.new_job_id())
+    command = [sys.executable, "-m", "probe_interpreter", "sleep"]
+    seen = []
+    fresh = subprocess.Popen(command, cwd=probe_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    forked = preimported_launcher().start(command, probe_dir, env, new_session=True)
+    for proc in (fresh, forked):
+        wait_for(lambda: (probe_dir / "sleeping").exists(), 30, "the probe to start")
+        (probe_dir / "sleeping").unlink()
+        assert proc.poll() is None
+        assert os.getsid(proc.pid) == os.getpgid(proc.pid) == proc.pid
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM == proc.poll() == proc.returncode
+        out, err = proc.communicate()
+        seen.append((json.loads(out)["argv"], err))
+        proc.kill()  # after its end: nothing, as with Popen
+    assert seen[0] == seen[1] and seen[0][1] == "to stderr\n"
+    assert forked.stderr.read() == "to stderr\n"
+    wait_for_no_leftovers(env["LAUNCHER_JOB_ID"])
+
+
+NODE_PROBE = """
+import json, os, socket, sys
+print(json.dumps({
+    "hostname": socket.gethostname(), "net": os.readlink("/proc/self/ns/net"),
+    "uts": os.readlink("/proc/self/ns/uts"), "hosts": open("/etc/hosts").read(),
+    "resolv": open("/etc/resolv.conf").read(), "sys_class_net": sorted(os.listdir("/sys/class/net")),
+    "interfaces": sorted(name for _, name in socket.if_nameindex()),
+    "address": socket.gethostbyname(socket.gethostname()), "step": os.environ.get("SLURM_PROCID"),
+    "argv": sys.argv, "cwd": os.getcwd(),
+}))
+"""
+
+
+def test_a_fork_on_a_namespace_node_sees_what_ip_netns_exec_shows(tmp_path: Path, cluster: VirtualCluster,  # noqa: F811
+                                                                  ) -> None:
+    """The namespace, its devices in /sys, its /etc/netns files, the node's own hostname, the
+    variables of an ``env`` wrapper: as ``ip netns exec NS unshare --uts ... env ... python`` has
+    them."""
+    (tmp_path / "node_probe.py").write_text(NODE_PROBE)
+    runner = Launcher(tmp_path)
+    env = runner.env(runner.new_job_id())
+    command = cluster.command(1, ["env", "SLURM_PROCID=1", sys.executable, "-m", "node_probe", "x"])
+    server = preimported_launcher()
+    assert server.serves(command, env)
+    fresh = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    forked = server.run(command, tmp_path, env, timeout_s=60)
+    assert forked.returncode == fresh.returncode == 0, forked.stderr + fresh.stderr
+    seen = json.loads(forked.stdout)
+    assert seen == json.loads(fresh.stdout)
+    assert seen["hostname"] == cluster.hostname(1) and seen["address"] == cluster.address(1)
+    assert seen["net"] != os.readlink("/proc/self/ns/net") and seen["step"] == "1"
+    assert "lan0" in seen["sys_class_net"] and "lan0" in seen["interfaces"]
+    assert socket.gethostname() != cluster.hostname(1)  # the server's own is untouched
