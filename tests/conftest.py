@@ -183,13 +183,18 @@ class Launcher:
         a fork of the pre-imported launcher where that is the same launch."""
         run_dir = run_dir or self.workdir / "run"
         job_id = self.new_job_id()
-        command, launch_env = self.command(run_dir, overrides, prefix), self.env(job_id, env)
-        server = self._server_for(command, launch_env)
+        command = self.command(run_dir, overrides, prefix)
+        return self.popen(command, self.env(job_id, env), new_session=True), job_id
+
+    def popen(self, command: list[str], env: dict[str, str], new_session: bool = False,
+              ) -> subprocess.Popen | Forked:
+        """``subprocess.Popen(command, stdout=PIPE, stderr=PIPE, text=True)`` in the test's
+        directory; a fork of the pre-imported launcher where that is the same launch."""
+        server = self._server_for(command, env)
         if server is not None:
-            return server.start(command, self.workdir, launch_env, new_session=True), job_id
-        proc = subprocess.Popen(command, cwd=self.workdir, env=launch_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        return proc, job_id
+            return server.start(command, self.workdir, env, new_session)
+        return subprocess.Popen(command, cwd=self.workdir, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=new_session)
 
     def kill_leftovers(self) -> None:
         for job_id in self.job_ids:

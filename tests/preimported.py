@@ -18,7 +18,8 @@ hostname, ``env``) are done by the fork itself (`unwrap`), as those programs do 
 
 What cannot be made fresh is only what a module read at import: `Server.serves` sends a launch
 that changes a variable read then (``PYTHON*``, ``TORCH*``, OpenMP's ...) to a fresh interpreter,
-and one whose command is anything else than ``python -m MODULE`` behind those wrappers.
+and one whose command is anything else than ``python -m MODULE`` or ``python -c CODE`` behind
+those wrappers.
 
 The server's side: ``python -m tests.preimported SOCKET PADDING`` imports, says ``ready`` on its
 stdout, and answers each connection (one packet: the request and the launch's stdout and stderr
@@ -28,8 +29,11 @@ its launches through pidfds and never starts a thread, so each fork has a single
 
 from __future__ import annotations
 
+import atexit
+import builtins
 import contextlib
 import ctypes
+import importlib.machinery
 import io
 import json
 import os
@@ -40,10 +44,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
-from collections.abc import Iterable
+import types
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import NoReturn
 
 from tests.netns import OWN_HOSTNAME
 
@@ -104,7 +111,8 @@ class Server:
                  ) -> dict | None:
         """What the fork is told, or None where a fork would not be the same launch: a server that
         has ended, a variable read at import changed, a command other than ``python -m MODULE
-        ARGS`` (behind the wrappers `unwrap` knows), or more than the room the server made."""
+        ARGS`` or ``python -c CODE ARGS`` (behind the wrappers `unwrap` knows), or more than the
+        room the server made."""
         placed = unwrap(command, env)
         if self.process.poll() is not None or placed is None:
             return None
@@ -124,11 +132,14 @@ class Server:
         request = self._request(command, cwd, env, new_session)
         if request is None:
             raise ValueError(f"not a launch the pre-imported launcher can fork: {command}")
-        out = tempfile.TemporaryFile()  # noqa: SIM115 (the launch's streams: the Forked owns them)
-        err = tempfile.TemporaryFile()  # noqa: SIM115
+        (out, out_end), (err, err_end) = os.pipe(), os.pipe()
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        connection.connect(self.socket_path)
-        socket.send_fds(connection, [json.dumps(request).encode()], [out.fileno(), err.fileno()])
+        try:
+            connection.connect(self.socket_path)
+            socket.send_fds(connection, [json.dumps(request).encode()], [out_end, err_end])
+        finally:
+            os.close(out_end)
+            os.close(err_end)
         return Forked(command, connection, out, err, self.log)
 
     def run(self, command: list[str], cwd: Path, env: dict[str, str], timeout_s: float,
@@ -141,8 +152,9 @@ class Server:
             out, err = launch.communicate(timeout_s)
         except subprocess.TimeoutExpired:
             launch.kill()
-            out, err = launch.communicate(30)
-            raise subprocess.TimeoutExpired(command, timeout_s, out, err) from None
+            with contextlib.suppress(subprocess.TimeoutExpired):  # a process it left may hold the pipes
+                launch.communicate(30)
+            raise subprocess.TimeoutExpired(command, timeout_s, *launch.output()) from None
         return subprocess.CompletedProcess(command, launch.returncode, out, err)
 
     def stop(self) -> None:
@@ -157,16 +169,21 @@ class Server:
 
 
 class Forked:
-    """A launch forked from the server, as the part of `subprocess.Popen` the tests use: ``pid``,
-    ``returncode``, ``poll``, ``wait``, ``communicate``, ``send_signal``, ``kill``, and the
-    streams as text so far (``stdout``, ``stderr``). Signals go through a pidfd, so they never
-    reach another process that took the pid after the server reaped the launch."""
+    """A launch forked from the server, as the part of `subprocess.Popen` (with ``stdout=PIPE,
+    stderr=PIPE, text=True``) the tests use: ``pid``, ``returncode``, ``poll``, ``wait``,
+    ``communicate`` (which, as Popen's, waits until every process that holds the pipes has closed
+    them), ``send_signal``, ``kill``, ``stdout.read()`` and ``stderr.read()``. Signals go through
+    a pidfd, so they never reach another process that took the pid after the server reaped the
+    launch. The pipes are read whenever it waits, so a launch never blocks on a full pipe."""
 
-    def __init__(self, args: list[str], connection: socket.socket, out: IO[bytes], err: IO[bytes],
+    def __init__(self, args: list[str], connection: socket.socket, out: int, err: int,
                  server_log: Path) -> None:
         self.args = args
         self.returncode: int | None = None
-        self._connection, self._out, self._err, self._server_log = connection, out, err, server_log
+        self._connection, self._server_log = connection, server_log
+        self._out, self._err = out, err
+        self._read: dict[int, bytearray] = {out: bytearray(), err: bytearray()}
+        self._open = {out, err}
         connection.settimeout(30)
         self.pid: int = json.loads(connection.recv(4096))["pid"]
         try:
@@ -176,33 +193,33 @@ class Forked:
 
     @property
     def stdout(self) -> io.StringIO:
-        return io.StringIO(_read(self._out))
+        """As reading Popen's ``stdout`` to its end."""
+        self._follow(lambda: self._out not in self._open, None)
+        return io.StringIO(self.output()[0])
 
     @property
     def stderr(self) -> io.StringIO:
-        return io.StringIO(_read(self._err))
+        self._follow(lambda: self._err not in self._open, None)
+        return io.StringIO(self.output()[1])
+
+    def output(self) -> tuple[str, str]:
+        """What the launch has written so far, to its stdout and its stderr."""
+        return self._read[self._out].decode(errors="replace"), self._read[self._err].decode(errors="replace")
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            self._connection.setblocking(False)
-            with contextlib.suppress(BlockingIOError):  # still running
-                self._ended(self._connection.recv(4096))
+        self._follow(lambda: False, 0)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None:
-            self._connection.settimeout(timeout)
-            try:
-                self._ended(self._connection.recv(4096))
-            except TimeoutError:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0, _read(self._out),
-                                                _read(self._err)) from None
+        if not self._follow(lambda: self.returncode is not None, timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0, *self.output())
         assert self.returncode is not None
         return self.returncode
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
-        self.wait(timeout)
-        return _read(self._out), _read(self._err)
+        if not self._follow(lambda: self.returncode is not None and not self._open, timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0, *self.output())
+        return self.output()
 
     def send_signal(self, signum: int) -> None:
         if self.poll() is None and self._pidfd is not None:
@@ -215,6 +232,34 @@ class Forked:
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
 
+    def _follow(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Read the pipes and the exit status as they come until ``done()``; False if ``timeout``
+        seconds passed first (0: only what is there now)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with selectors.DefaultSelector() as waiting:
+            for fd in self._open:
+                waiting.register(fd, selectors.EVENT_READ)
+            if self.returncode is None:
+                waiting.register(self._connection, selectors.EVENT_READ)
+            while not done():
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = waiting.select(remaining)
+                if not ready:
+                    return timeout == 0 and done()
+                for key, _ in ready:
+                    if key.fileobj is self._connection:
+                        waiting.unregister(self._connection)
+                        self._ended(self._connection.recv(4096))
+                        continue
+                    fd = int(key.fd)
+                    data = os.read(fd, 1 << 16)
+                    self._read[fd] += data
+                    if not data:
+                        waiting.unregister(fd)
+                        os.close(fd)
+                        self._open.discard(fd)
+        return True
+
     def _ended(self, answer: bytes) -> None:
         if not answer:
             raise AssertionError(f"the pre-imported launcher ended during a launch:\n"
@@ -225,12 +270,16 @@ class Forked:
             os.close(self._pidfd)
             self._pidfd = None
 
+    def __del__(self) -> None:
+        for fd in self._open:
+            os.close(fd)
+
 
 def unwrap(command: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str], dict] | None:
-    """The ``python -m MODULE ARGS`` command, environment and place of a launch behind the
-    wrappers the tests put in front of it (any of them, in this order: ``ip netns exec NS``,
-    `OWN_HOSTNAME` HOST, ``env NAME=VALUE...``), which the fork then does itself; None for any
-    other command."""
+    """The ``python -m MODULE ARGS`` (or ``python -c CODE ARGS``) command, environment and place
+    of a launch behind the wrappers the tests put in front of it (any of them, in this order:
+    ``ip netns exec NS``, `OWN_HOSTNAME` HOST, ``env NAME=VALUE...``), which the fork then does
+    itself; None for any other command."""
     rest, env, place = list(command), dict(env), {}
     if rest[:3] == ["ip", "netns", "exec"] and len(rest) > 3:
         place["netns"], rest = rest[3], rest[4:]
@@ -241,13 +290,8 @@ def unwrap(command: list[str], env: dict[str, str]) -> tuple[list[str], dict[str
         while rest and "=" in rest[0] and not rest[0].startswith("-"):
             name, value = rest.pop(0).split("=", 1)
             env[name] = value
-    return (rest, env, place) if rest[:2] == [sys.executable, "-m"] and len(rest) > 2 else None
-
-
-def _read(file: IO[bytes]) -> str:
-    """What the launch wrote so far (at the start of the file, where the launch's own offset is
-    left alone: it shares this file's)."""
-    return os.pread(file.fileno(), os.fstat(file.fileno()).st_size, 0).decode(errors="replace")
+    return (rest, env, place) if rest[:1] == [sys.executable] and rest[1:2] in (["-m"], ["-c"]) \
+        and len(rest) > 2 else None
 
 
 # --- the server ------------------------------------------------------------------------------------
@@ -305,8 +349,8 @@ def _returncode(status: int) -> int:
 
 
 def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
-    """The forked child: become ``python -m MODULE ARGS`` as started in the request's directory
-    with its environment, then run it."""
+    """The forked child: become ``python -m MODULE ARGS`` (or ``python -c CODE ARGS``) as started
+    in the request's directory with its environment, run it, and end as the interpreter ends."""
     code = 1
     try:
         for fd in server_fds:
@@ -326,22 +370,47 @@ def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
         os.environ.clear()
         os.environ.update(request["env"])
         _show_in_proc(request["argv"], request["env"])
-        sys.path[0] = os.getcwd()  # as ``python -m`` puts it
-        _, _, module, *args = request["argv"]
-        sys.argv = ["-m", *args]
         tempfile.tempdir = None  # TMPDIR is the launch's
+        _, option, target, *args = request["argv"]
+        sys.argv = [option, *args]
         try:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            main = _fresh_main()
+            if option == "-m":
+                sys.path[0] = os.getcwd()
+                runpy._run_module_as_main(target)  # type: ignore[attr-defined]  # what ``python -m`` calls
+            else:
+                sys.path[0] = ""
+                exec(compile(target, "<string>", "exec"), main.__dict__)
             code = 0
         except SystemExit as stop:
             code = _exit_code(stop.code)
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as failed:
+        # As the interpreter shows an uncaught exception: from the launch's own code on.
+        traceback.print_exception(type(failed), failed, failed.__traceback__.tb_next)
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        _finalize()
         os._exit(code)
+
+
+def _fresh_main() -> types.ModuleType:
+    """A ``__main__`` module as the interpreter makes it before it runs ``-m`` or ``-c``."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__builtins__=builtins, __loader__=importlib.machinery.BuiltinImporter,
+                         __annotations__={})
+    sys.modules["__main__"] = main
+    return main
+
+
+def _finalize() -> None:
+    """What the interpreter does when the main module has ended: wait for the threads that are not
+    daemons, run the ``atexit`` functions (multiprocessing's clean-up, logging's flush), flush
+    the standard streams."""
+    with contextlib.suppress(BaseException):
+        threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _enter_network_namespace(name: str) -> None:

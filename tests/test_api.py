@@ -17,8 +17,7 @@ def run_program(launcher, tmp_path, body: str) -> subprocess.CompletedProcess:
     """A Python program (as a user's or a notebook's) that imports launcher and calls launch()."""
     job_id = launcher.new_job_id()
     program = "import json, launcher\nfrom tests import api_functions\n" + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=launcher.env(job_id),
-                          capture_output=True, text=True, timeout=180)
+    proc = launcher.run_command([sys.executable, "-c", program], launcher.env(job_id), timeout_s=180)
     assert not job_processes(job_id), "processes of the job outlived launch()"
     return proc
 

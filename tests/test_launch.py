@@ -1,6 +1,7 @@
 """Real 2-process gloo jobs on this machine, in both launch modes."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,13 +122,8 @@ def test_sampler_shards_are_disjoint_cover_the_data_and_reshuffle_each_epoch(lau
     assert seen[0][:400] != seen[0][400:], "same order in both epochs: set_epoch was not called"
 
 
-def test_a_single_run_is_checked_once(tmp_path):
+def test_a_single_run_is_checked_once(launcher, tmp_path):
     """The callback's check is the task's: one validation, one port pick, one CUDA probe."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     program = f"""
 import sys
 import launcher.app as app
@@ -141,6 +137,6 @@ try:
 finally:
     print("checks:", len(calls))
 """
-    proc = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = launcher.run_command([sys.executable, "-c", program], launcher.env(launcher.new_job_id()), timeout_s=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "checks: 1"

@@ -29,7 +29,8 @@ def proc(name):
     with open(f"/proc/self/{name}", "rb") as file:
         return [item.decode() for item in file.read().split(b"\\0") if item]
 seen = {
-    "name": __name__, "spec": __spec__.name, "argv": sys.argv, "cwd": os.getcwd(),
+    "name": __name__, "spec": getattr(__spec__, "name", None), "argv": sys.argv, "cwd": os.getcwd(),
+    "main": sorted(vars(sys.modules["__main__"])), "main_file": getattr(sys.modules["__main__"], "__file__", None),
     "path0": sys.path[0], "path": sys.path[1:], "environ": dict(os.environ),
     "proc_environ": sorted(proc("environ")), "proc_cmdline": proc("cmdline"),
     "tmp": tempfile.gettempdir(), "stdin": os.readlink("/proc/self/fd/0"),
@@ -54,10 +55,12 @@ def probe_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def both(probe_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+def both(probe_dir: Path, *args: str, option: str = "-m",
+         ) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """The probe run fresh and forked: as a module (``-m``) or as code (``-c``)."""
     runner = Launcher(probe_dir)
     env = runner.env(runner.new_job_id(), {"TMPDIR": str(probe_dir / "tmp")})
-    command = [sys.executable, "-m", "probe_interpreter", *args]
+    command = [sys.executable, option, "probe_interpreter" if option == "-m" else PROBE, *args]
     server = preimported_launcher()
     assert server.serves(command, env)
     fresh = subprocess.run(command, cwd=probe_dir, env=env, capture_output=True, text=True, timeout=60)
@@ -65,12 +68,32 @@ def both(probe_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, subp
     return fresh, forked
 
 
+@pytest.mark.parametrize("option", ["-m", "-c"])
 @pytest.mark.parametrize("code", ["0", "2"])
-def test_a_fork_of_the_server_sees_what_a_fresh_interpreter_sees(probe_dir: Path, code: str) -> None:
-    fresh, forked = both(probe_dir, code)
+def test_a_fork_of_the_server_sees_what_a_fresh_interpreter_sees(probe_dir: Path, code: str, option: str) -> None:
+    fresh, forked = both(probe_dir, code, option=option)
     assert (forked.returncode, forked.stderr) == (fresh.returncode, fresh.stderr) == (int(code), "to stderr\n")
     assert json.loads(forked.stdout) == json.loads(fresh.stdout)
     assert json.loads(forked.stdout)["threads"] == 1
+
+
+def test_code_that_raises_ends_as_the_interpreter_ends(probe_dir: Path) -> None:
+    """The traceback from the launch's own code on, exit status 1, and what the interpreter does
+    at its end: a thread that is not a daemon finishes, ``atexit`` functions run."""
+    code = """
+import atexit, threading, time
+atexit.register(print, "atexit ran", flush=True)
+threading.Thread(target=lambda: (time.sleep(0.5), print("thread finished", flush=True))).start()
+raise ValueError("deliberate")
+"""
+    runner = Launcher(probe_dir)
+    env = runner.env(runner.new_job_id())
+    command = [sys.executable, "-c", code]
+    fresh = subprocess.run(command, cwd=probe_dir, env=env, capture_output=True, text=True, timeout=60)
+    forked = preimported_launcher().run(command, probe_dir, env, timeout_s=60)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
+    assert fresh.returncode == 1 and fresh.stdout == "thread finished\natexit ran\n"
+    assert fresh.stderr.startswith("Traceback (most recent call last):\n  File \"<string>\", line 5, in <module>")
 
 
 def test_a_launch_killed_by_a_signal_reports_it_as_subprocess_does(probe_dir: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
 import sys
 import time
 import zipfile
@@ -134,8 +133,8 @@ def test_overwrite_must_be_a_bool(launcher):
 
 @pytest.mark.slow  # a launcher process; in-process: tests/test_validation.py
 def test_empty_run_dir_is_refused(launcher, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "launcher", "hydra.run.dir=", *TINY_RUN], cwd=tmp_path,
-                          env=launcher.env(launcher.new_job_id()), capture_output=True, text=True, timeout=120)
+    proc = launcher.run_command([sys.executable, "-m", "launcher", "hydra.run.dir=", *TINY_RUN],
+                                launcher.env(launcher.new_job_id()), timeout_s=120)
     assert_one_line_error(proc, "hydra.run.dir=''")
     assert sorted(os.listdir(tmp_path)) == [], "a refused run wrote into the current directory"
 
@@ -144,9 +143,8 @@ def test_empty_run_dir_is_refused(launcher, tmp_path):
 def test_two_launches_started_together_get_their_own_run_dirs(launcher, tmp_path):
     """No hydra.run.dir: both take the default outputs/DATE/TIME..., started in the same second."""
     time.sleep(1.02 - time.time() % 1)  # at the start of a second: both resolve it in that second
-    procs = [subprocess.Popen([sys.executable, "-m", "launcher", *TINY_RUN, "launcher=mp_spawn", "gpus=1"],
-                              cwd=tmp_path, env=launcher.env(launcher.new_job_id()),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [launcher.popen([sys.executable, "-m", "launcher", *TINY_RUN, "launcher=mp_spawn", "gpus=1"],
+                            launcher.env(launcher.new_job_id()))
              for _ in range(2)]
     results = [proc.communicate(timeout=240) for proc in procs]
     for proc, (_, err) in zip(procs, results, strict=True):

@@ -20,6 +20,7 @@ from tests.conftest import (
     DDP_SCRIPT,
     REPO,
     TINY,
+    Launcher,
     project_with_its_own_trainer,
     wait_for,
     wait_for_no_leftovers,
@@ -76,12 +77,15 @@ class SlurmRunner:
         submits are noted for clean-up."""
         # The test cluster has no GPUs: an integer gpus=N would ask Slurm for N GPUs per node.
         shared = [SHARE_NODES] if share_nodes else []
-        done = subprocess.run([sys.executable, "-m", module, "launcher=slurm", CPU_ONLY, *shared, *overrides],
-                              cwd=self.workdir, capture_output=True, text=True, env=self.env(),
-                              timeout=timeout_s)
+        done = self.run_module([module, "launcher=slurm", CPU_ONLY, *shared, *overrides], timeout_s)
         self.jobs += [line.split()[3].rstrip(":") for line in done.stdout.splitlines()
                       if line.startswith("submitted Slurm job")]
         return done
+
+    def run_module(self, module_and_args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+        """``python -m MODULE ARGS`` on this machine (the submitting side) in the test's directory:
+        a fork of the pre-imported launcher (`tests.preimported`) where that is the same launch."""
+        return Launcher(self.workdir).run_command([sys.executable, "-m", *module_and_args], self.env(), timeout_s)
 
     @staticmethod
     def state(job_id: str) -> str:
@@ -282,11 +286,9 @@ def test_slurm_sweep_runs_each_point_as_one_slurm_job_and_reports(slurm):
     """hydra-submitit-launcher (the real plugin) with our preset: each point is one Slurm job
     whose tasks are the ranks (2 nodes x 1 task), the points run in parallel."""
     sweep = slurm.workdir / "sweep"
-    done = subprocess.run([sys.executable, "-m", "launcher", "-m", "hydra/launcher=slurm",
-                           "optim.lr=0.1,0.03", "nodes=2", "gpus=1", CPU_ONLY, SHARE_NODES, "slurm.time=10",
-                           f"hydra.sweep.dir={sweep}", *TINY],
-                          cwd=slurm.workdir, capture_output=True, text=True, env=slurm.env(),
-                          timeout=JOB_TIMEOUT_S)
+    done = slurm.run_module(["launcher", "-m", "hydra/launcher=slurm", "optim.lr=0.1,0.03", "nodes=2", "gpus=1",
+                             CPU_ONLY, SHARE_NODES, "slurm.time=10", f"hydra.sweep.dir={sweep}", *TINY],
+                            JOB_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     job_ids = {path.name.split("_")[0] for path in (sweep / ".submitit").iterdir()
                if path.name[0].isdigit()}
@@ -315,8 +317,7 @@ def jobs_named(name: str) -> list[str]:
 
 
 def run_launcher_in(slurm, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher", *args], cwd=slurm.workdir, capture_output=True,
-                          text=True, env=slurm.env(), timeout=120)
+    return slurm.run_module(["launcher", *args], 120)
 
 
 def test_line_breaks_and_bad_option_names_are_refused_before_sbatch_on_every_path(slurm):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -175,10 +174,8 @@ def test_a_submitted_sweep_returns_at_once_and_its_points_report_themselves(slur
     sweep = slurm.workdir / "sweep"
     array_id = None
     try:
-        done = subprocess.run([sys.executable, "-m", "launcher", "-m", "hydra/launcher=slurm_submit",
-                               "optim.lr=0.1,0.03", "nodes=2", "gpus=1", CPU_ONLY, "slurm.time=10",
-                               f"hydra.sweep.dir={sweep}", *TINY],
-                              cwd=slurm.workdir, capture_output=True, text=True, env=slurm.env(), timeout=120)
+        done = slurm.run_module(["launcher", "-m", "hydra/launcher=slurm_submit", "optim.lr=0.1,0.03", "nodes=2",
+                                 "gpus=1", CPU_ONLY, "slurm.time=10", f"hydra.sweep.dir={sweep}", *TINY], 120)
         summaries = [sweep / point / "summary.json" for point in ("0", "1")]
         trained_at_return = [path.exists() for path in summaries]
         lines = [line.split() for line in done.stdout.splitlines() if line.startswith("  point ")]
