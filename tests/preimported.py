@@ -105,33 +105,35 @@ class Server:
 
     def serves(self, command: list[str], env: dict[str, str]) -> bool:
         """Whether a fork of the server is the launch a fresh interpreter would be."""
-        return self._request(command, Path("."), env, new_session=False) is not None
+        return self._placed(command, env) is not None
 
-    def _request(self, command: list[str], cwd: Path, env: dict[str, str], new_session: bool,
-                 ) -> dict | None:
-        """What the fork is told, or None where a fork would not be the same launch: a server that
-        has ended, a variable read at import changed, a command other than ``python -m MODULE
-        ARGS`` or ``python -c CODE ARGS`` (behind the wrappers `unwrap` knows), or more than the
-        room the server made."""
+    def _placed(self, command: list[str], env: dict[str, str],
+                ) -> tuple[list[str], dict[str, str], dict[str, str]] | None:
+        """`unwrap`'s command, environment and place, or None where a fork would not be the same
+        launch: a server that has ended, a variable read at import changed, a command other than
+        ``python -m MODULE ARGS`` or ``python -c CODE ARGS`` (behind the wrappers `unwrap` knows),
+        or more than the room the server made."""
         placed = unwrap(command, env)
         if self.process.poll() is not None or placed is None:
             return None
-        argv, env, place = placed
+        argv, env, _ = placed
         changed = {key for key in env.keys() | self.env.keys()
                    if key not in PER_LAUNCH and env.get(key) != self.env.get(key)}
         if any(key.startswith(READ_AT_IMPORT) for key in changed) \
                 or len(_block(f"{key}={value}" for key, value in env.items())) > ENVIRONMENT_ROOM \
                 or len(_block(argv)) > COMMAND_LINE_ROOM:
             return None
-        return {"argv": argv, "cwd": str(cwd), "env": env, "new_session": new_session, **place}
+        return placed
 
     def start(self, command: list[str], cwd: Path, env: dict[str, str], new_session: bool = False,
               ) -> Forked:
         """``subprocess.Popen(command, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True,
         start_new_session=new_session)`` as a fork of the server (`serves` must say yes)."""
-        request = self._request(command, cwd, env, new_session)
-        if request is None:
+        placed = self._placed(command, env)
+        if placed is None:
             raise ValueError(f"not a launch the pre-imported launcher can fork: {command}")
+        argv, env, place = placed
+        request = {"argv": argv, "cwd": str(cwd), "env": env, "new_session": new_session, **place}
         (out, out_end), (err, err_end) = os.pipe(), os.pipe()
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -193,14 +195,16 @@ class Forked:
 
     @property
     def stdout(self) -> io.StringIO:
-        """As reading Popen's ``stdout`` to its end."""
-        self._follow(lambda: self._out not in self._open, None)
-        return io.StringIO(self.output()[0])
+        """As Popen's ``stdout``: ``read()`` returns all of it, once every writer has closed it."""
+        return self._to_end(self._out)
 
     @property
     def stderr(self) -> io.StringIO:
-        self._follow(lambda: self._err not in self._open, None)
-        return io.StringIO(self.output()[1])
+        return self._to_end(self._err)
+
+    def _to_end(self, fd: int) -> io.StringIO:
+        self._follow(lambda: fd not in self._open, None)
+        return io.StringIO(self._read[fd].decode(errors="replace"))
 
     def output(self) -> tuple[str, str]:
         """What the launch has written so far, to its stdout and its stderr."""
@@ -275,7 +279,8 @@ class Forked:
             os.close(fd)
 
 
-def unwrap(command: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str], dict] | None:
+def unwrap(command: list[str], env: dict[str, str],
+           ) -> tuple[list[str], dict[str, str], dict[str, str]] | None:
     """The ``python -m MODULE ARGS`` (or ``python -c CODE ARGS``) command, environment and place
     of a launch behind the wrappers the tests put in front of it (any of them, in this order:
     ``ip netns exec NS``, `OWN_HOSTNAME` HOST, ``env NAME=VALUE...``), which the fork then does
@@ -351,7 +356,7 @@ def _returncode(status: int) -> int:
 def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
     """The forked child: become ``python -m MODULE ARGS`` (or ``python -c CODE ARGS``) as started
     in the request's directory with its environment, run it, and end as the interpreter ends."""
-    code = 1
+    code, running = 1, False
     try:
         for fd in server_fds:
             os.close(fd)
@@ -373,6 +378,7 @@ def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
         tempfile.tempdir = None  # TMPDIR is the launch's
         _, option, target, *args = request["argv"]
         sys.argv = [option, *args]
+        running = True
         try:
             main = _fresh_main()
             if option == "-m":
@@ -385,8 +391,10 @@ def _launch(request: dict, fds: list[int], server_fds: list[int]) -> NoReturn:
         except SystemExit as stop:
             code = _exit_code(stop.code)
     except BaseException as failed:
-        # As the interpreter shows an uncaught exception: from the launch's own code on.
-        traceback.print_exception(type(failed), failed, failed.__traceback__.tb_next)
+        # The launch's own exception as the interpreter shows it (from its code on); a failure to
+        # become the launch (a namespace, the directory) whole.
+        shown = failed.__traceback__.tb_next if running and failed.__traceback__ else failed.__traceback__
+        traceback.print_exception(type(failed), failed, shown)
     finally:
         _finalize()
         os._exit(code)
