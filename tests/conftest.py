@@ -300,6 +300,28 @@ def assert_ok(launch: Launch) -> None:
     assert launch.returncode == 0, f"launcher failed ({launch.returncode}):\n{launch.stderr[-5000:]}"
 
 
+@pytest.fixture(scope="session")
+def local_weights(tmp_path_factory) -> Iterator[Callable[..., str]]:
+    """``local_weights(OVERRIDES...)``: weights_sha256 of the same training run on this machine
+    (mp_spawn), the reference a Slurm job's ranks must reach. Each distinct run trains once a
+    session: the Slurm tests share one worker, and several compare with the same run."""
+    runner = Launcher(tmp_path_factory.mktemp("references"))
+    known: dict[tuple[str, ...], str] = {}
+
+    def weights(*overrides: str) -> str:
+        if overrides not in known:
+            place = runner.workdir / str(len(known))
+            run = runner.run(*overrides, "launcher=mp_spawn", f"data.root={place / 'data'}", run_dir=place / "run")
+            assert run.returncode == 0, run.stderr[-3000:]
+            known[overrides] = run.summary()["weights_sha256"]
+        return known[overrides]
+
+    try:
+        yield weights
+    finally:
+        runner.kill_leftovers()
+
+
 # Parallel runs (pytest-xdist, `--dist loadgroup`): the tests that use the local Slurm cluster run in
 # one worker, one after another (two nodes of four CPUs: a second worker's jobs would queue behind
 # the first's, or change how Slurm packs tasks); a test that uses a module-scoped fixture (a trained

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, START_SLACK_S, TINY, Launcher, wait_for, wait_for_no_leftovers
+from tests.conftest import REPO, START_SLACK_S, TINY, wait_for, wait_for_no_leftovers
 from tests.netns import sweep_stale_namespaces
 from tests.slurm_netns import (
     NODELIST,
@@ -35,7 +35,6 @@ from tests.test_slurm import (
     JOB_TIMEOUT_S,
     TERMINAL,
     SlurmRunner,
-    local_reference,
     summaries,
 )
 
@@ -100,15 +99,10 @@ def netns_slurm(netns_slurm_cluster, tmp_path) -> Iterator[NetnsSlurmRunner]:
     wait_for_no_leftovers(runner.job_marker, timeout_s=30)
 
 
-@pytest.fixture(scope="module")
-def reference_sha256(tmp_path_factory) -> Iterator[str]:
+@pytest.fixture
+def reference_sha256(local_weights) -> str:
     """weights_sha256 of the TINY run on this machine with 4 ranks: what a 2 x 2 job must reach."""
-    workdir = tmp_path_factory.mktemp("reference")
-    runner = Launcher(workdir)
-    try:
-        yield local_reference(runner, workdir, *TINY)
-    finally:
-        runner.kill_leftovers()
+    return local_weights("gpus=4", *TINY)
 
 
 def rank_hosts(run_dir: Path) -> dict[int, str]:
