@@ -42,7 +42,7 @@ if sys.argv[1] == "signal":
     os.kill(os.getpid(), 9)
 if sys.argv[1] == "sleep":
     import time
-    open("sleeping", "w").close()
+    open(f"sleeping-{os.getpid()}", "w").close()
     time.sleep(600)
 sys.exit(int(sys.argv[1]))
 '''
@@ -144,9 +144,8 @@ def test_a_launch_started_in_the_background_behaves_as_popen_does(probe_dir: Pat
     fresh = subprocess.Popen(command, cwd=probe_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
     forked = preimported_launcher().start(command, probe_dir, env, new_session=True)
-    for proc in (fresh, forked):
-        wait_for(lambda: (probe_dir / "sleeping").exists(), 30, "the probe to start")
-        (probe_dir / "sleeping").unlink()
+    for proc in (fresh, forked):  # each says it sleeps in a file of its own: both may be up at once
+        wait_for(lambda: (probe_dir / f"sleeping-{proc.pid}").exists(), 30, "the probe to start")
         assert proc.poll() is None
         assert os.getsid(proc.pid) == os.getpgid(proc.pid) == proc.pid
         with pytest.raises(subprocess.TimeoutExpired):
