@@ -145,7 +145,8 @@ def test_a_launch_started_in_the_background_behaves_as_popen_does(probe_dir: Pat
                              text=True, start_new_session=True)
     forked = preimported_launcher().start(command, probe_dir, env, new_session=True)
     for proc in (fresh, forked):  # each says it sleeps in a file of its own: both may be up at once
-        wait_for(lambda: (probe_dir / f"sleeping-{proc.pid}").exists(), 30, "the probe to start")
+        marker = probe_dir / f"sleeping-{proc.pid}"
+        wait_for(marker.exists, 30, "the probe to start")
         assert proc.poll() is None
         assert os.getsid(proc.pid) == os.getpgid(proc.pid) == proc.pid
         with pytest.raises(subprocess.TimeoutExpired):
